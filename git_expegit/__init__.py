@@ -1,0 +1,1 @@
+"""git expegit: campaign repositories of executions (being built)."""

@@ -1,0 +1,57 @@
+"""This machine, with no ssh: each command is `/bin/sh -c` in its own process group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+from git_runaway.hosts import Completed
+from git_runaway.hosts import Sink
+
+
+class LocalHost:
+    name = "localhost"
+    alive = True
+
+    async def run(self, command: str, stdin: bytes = b"", stdout: Sink | None = None,
+                  stderr: Sink | None = None) -> Completed:
+        pipe = asyncio.subprocess.PIPE
+        process = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command, stdin=pipe, stdout=pipe, stderr=pipe,
+            start_new_session=True,  # like sshd's setsid: the trap can stop the whole group
+        )
+        try:
+            out, err, _ = await asyncio.gather(
+                _read(process.stdout, stdout), _read(process.stderr, stderr),
+                _write(process.stdin, stdin),
+            )
+            code = await process.wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)  # the shell's trap stops its group
+            await asyncio.shield(process.wait())
+            raise
+        return Completed(code if code >= 0 else 128 - code, out, err)
+
+    async def close(self) -> None:
+        pass
+
+
+async def _read(stream: asyncio.StreamReader | None, sink: Sink | None) -> bytes:
+    assert stream is not None
+    if sink is None:
+        return await stream.read()
+    while chunk := await stream.read(65536):
+        sink(chunk)
+    return b""
+
+
+async def _write(stream: asyncio.StreamWriter | None, data: bytes) -> None:
+    assert stream is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        if data:
+            stream.write(data)
+            await stream.drain()
+        stream.close()

@@ -1,0 +1,111 @@
+"""The shell commands runaway sends to a host, one function a step.
+
+Layout of a profile's host_directory (ROOT):
+  ROOT/<sha256>.tar          the code, named by its content, shared by every run of it
+  ROOT/<sha256>.users/<uuid> one marker per run using that archive
+  ROOT/<uuid>/               one run's folder
+  ROOT/.lock                 flock(1) lock guarding the archives and their markers
+
+A run marks itself as a user of the archive under the lock, so the run that removes the
+last marker (with --leave=nothing) is the only one that may delete the archive.
+Every path is quoted; only the profile's own commands reach the shell unquoted.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+
+from git_runaway.archive import MTIME
+
+MISSING = 100  # exit code of `prepare` when the archive is not on the host yet
+CORRUPT = 101  # exit code of `upload` when the uploaded bytes do not match the hash
+
+_LOCK = "exec 9>.lock && flock 9"
+
+
+def resolve_root(host_directory: str) -> str:
+    """Create host_directory and print its absolute path (the profile's text is expanded)."""
+    return f"mkdir -p {host_directory} && cd {host_directory} && pwd -P"
+
+
+def prepare(root: str, digest: str, uuid: str) -> str:
+    """Mark this run as a user of the archive and extract it, or exit MISSING."""
+    return (f"cd {q(root)} && {_LOCK} && {{ test -f {digest}.tar || exit {MISSING}; }}"
+            f" && {_mark(digest, uuid)} && flock -u 9 && {_extract(digest, uuid)}")
+
+
+def upload(root: str, digest: str, uuid: str) -> str:
+    """Read the archive on stdin, verify it, publish it atomically, then `prepare`."""
+    part = f"{digest}.tar.{uuid}.part"
+    return (f"cd {q(root)} && cat > {part} && "
+            f"{{ echo '{digest}  {part}' | sha256sum -c --status || {{ rm -f {part}; exit {CORRUPT}; }}; }}"
+            f" && {_LOCK} && mv -f {part} {digest}.tar && {_mark(digest, uuid)}"
+            f" && flock -u 9 && {_extract(digest, uuid)}")
+
+
+def _mark(digest: str, uuid: str) -> str:
+    return f"mkdir -p {digest}.users {uuid} && : > {digest}.users/{uuid}"
+
+
+def _extract(digest: str, uuid: str) -> str:
+    return f"tar -xf {digest}.tar -C {uuid}"
+
+
+def execute(run_folder: str, env: Mapping[str, str], before: list[str], execution: list[str],
+            after: list[str]) -> str:
+    """Run the profile's commands in the run folder.
+
+    `after` runs whatever happened before it, and the exit code is the first failure of
+    `before` or else `execution`'s. The commands run in a background subshell so that the
+    trap can stop the whole process group at once when runaway is interrupted or the
+    connection drops (sshd sends HUP); a trap would wait for a foreground command to end.
+    """
+    exports = "".join(f"export {k}={q(v)}; " for k, v in sorted(env.items()))
+    body = f"{_all(before)} && {{ {_all(execution)}; }}; rc=$?; {_all(after)}; exit $rc"
+    return (f"cd {q(run_folder)} || exit 1; {exports}"
+            "trap 'trap \"\" HUP INT TERM; kill -TERM 0 2>/dev/null; exit 143' HUP INT TERM; "
+            f"( {body} ) & wait $!")
+
+
+def _all(commands: list[str]) -> str:
+    return "{ " + " && ".join(commands or [":"]) + "; }"
+
+
+def try_commands(folder: str, commands: tuple[str, ...]) -> str:
+    """For `--check`: run one section of a profile in a scratch folder."""
+    return f"mkdir -p {q(folder)} && cd {q(folder)} && {_all(list(commands))}"
+
+
+def changed_files(run_folder: str) -> str:
+    """List, NUL-separated, the files whose mtime is not the archive's: the run's output."""
+    return (f"cd {q(run_folder)} && find . \\( -type f -o -type l \\)"
+            f" \\( -newermt @{MTIME} -o ! -newermt @{MTIME - 1} \\) -print0")
+
+
+def archive_files(run_folder: str) -> str:
+    """Write a tar of the NUL-separated paths read on stdin to stdout."""
+    return f"cd {q(run_folder)} && tar --null --no-recursion -T - -cf -"
+
+
+def archive_changed(run_folder: str) -> str:
+    """`changed_files` piped into `archive_files`, in one round trip."""
+    return f"{changed_files(run_folder)} | tar --null --no-recursion -T - -cf -"
+
+
+def cleanup(root: str, digest: str, uuid: str, leave: str) -> str:
+    remove_folder = f"rm -rf {uuid} && " if leave != "everything" else ""
+    remove_archive = (f" && {{ rmdir {digest}.users 2>/dev/null && rm -f {digest}.tar || :; }}"
+                      if leave == "nothing" else "")
+    return (f"cd {q(root)} && {remove_folder}{_LOCK} && rm -f {digest}.users/{uuid}"
+            f"{remove_archive}")
+
+
+def substitute(command: str, script: str, arguments: list[str]) -> str:
+    """The original's text placeholders, with every value quoted for the shell."""
+    quoted_args = " ".join(q(a) for a in arguments)
+    return command.replace("$SCRIPT_NAME", q(script)).replace("$SCRIPT_ARGS", quoted_args)
+
+
+def q(text: str) -> str:
+    return shlex.quote(text)
