@@ -1,0 +1,76 @@
+"""Hermetic tests against real parts: git, an OpenSSH sshd on loopback, local processes.
+
+Every test gets its own HOME, so profiles, ~/.ssh/config and git config never leak in or
+out. The sshd is started by `.ci/services.sh`, which exports EXPEGIT_TEST_SSH_CONFIG.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "GIT_DIR", "GIT_WORK_TREE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in [n for n in os.environ if n.startswith("RUNAWAY")]:
+        monkeypatch.delenv(name)
+    for key, value in {"GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@example.org",
+                       "GIT_COMMITTER_NAME": "Ada", "GIT_COMMITTER_EMAIL": "ada@example.org"
+                       }.items():
+        monkeypatch.setenv(key, value)
+    yield home
+
+
+@pytest.fixture
+def ssh_host(home: Path) -> str:
+    """The Host alias of the real sshd, written into this test's ~/.ssh/config."""
+    config = os.environ.get("EXPEGIT_TEST_SSH_CONFIG")
+    if not config:
+        if os.environ.get("CI"):
+            pytest.fail("EXPEGIT_TEST_SSH_CONFIG is not set: .ci/services.sh must run first")
+        pytest.skip("no test sshd (run .ci/services.sh and source its env.sh)")
+    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    shutil.copy(config, home / ".ssh" / "config")
+    return os.environ.get("EXPEGIT_TEST_SSH_HOST", "testhost")
+
+
+def write_profile(folder: Path, name: str, **keys: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yml"
+    path.write_text(yaml.safe_dump(keys))
+    return path
+
+
+def script(folder: Path, name: str, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def runaway(*args: str, cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """The installed command, through git, as a user types it."""
+    return subprocess.run(["git", "runaway", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def ssh_profile(ssh_host: str, home: Path) -> str:
+    """A profile `ssh` in ~/.config/runaway for the real sshd."""
+    write_profile(home / ".config" / "runaway", "ssh", ssh_config=ssh_host,
+                  host_directory="~/runaway-tests", execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
+    return "ssh"
