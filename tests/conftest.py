@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,5 +73,5 @@ def runaway(*args: str, cwd: Path, **kwargs: object) -> subprocess.CompletedProc
 def ssh_profile(ssh_host: str, home: Path) -> str:
     """A profile `ssh` in ~/.config/runaway for the real sshd."""
     write_profile(home / ".config" / "runaway", "ssh", ssh_config=ssh_host,
-                  host_directory="~/runaway-tests", execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
+                  host_directory=f"~/runaway-tests/{uuid.uuid4().hex[:12]}", execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
     return "ssh"
