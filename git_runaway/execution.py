@@ -36,7 +36,6 @@ from git_runaway.hosts import Completed
 from git_runaway.hosts import Host
 from git_runaway.hosts import Sink
 from git_runaway.hosts.local import LocalHost
-from git_runaway.hosts.ssh import SshHost
 from git_runaway.profiles import Profile
 
 Log = Callable[[str], None]
@@ -112,7 +111,7 @@ class Runaway:
             host = self._hosts.get(key)
             if host is None or not host.alive:
                 self._log(f"connecting to {key or 'this machine'}")
-                host = LocalHost() if key is None else await SshHost.connect(key)
+                host = LocalHost() if key is None else await _connect(key)
                 self._hosts[key] = host
             return host
 
@@ -233,6 +232,13 @@ class Runaway:
             steps.append((section, reason))
         await host.run(f"rm -rf {remote.q(folder)}")
         return steps
+
+
+async def _connect(alias: str) -> Host:
+    # Imported here: asyncssh takes 0.2 s to import, which `local` runs need not pay.
+    from git_runaway.hosts.ssh import SshHost
+
+    return await SshHost.connect(alias)
 
 
 def _script_path(job: Job) -> str:

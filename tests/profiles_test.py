@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from git_runaway import profiles
+from git_runaway.errors import ExitCode
+from git_runaway.errors import RunawayError
+from tests.conftest import runaway
+from tests.conftest import write_profile
+
+PROFILE = {"ssh_config": "somehost", "host_directory": "/tmp/x", "execution": ["$SCRIPT_NAME"]}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def test_precedence_repository_then_xdg_then_legacy_then_built_in(home: Path, repo: Path):
+    cwd = repo / "sub"
+    files = [write_profile(repo / ".runaway", "p", **{**PROFILE, "host_directory": "repo"}),
+             write_profile(home / ".config" / "runaway", "p", **{**PROFILE, "host_directory": "xdg"}),
+             write_profile(home / ".runaway", "p", **{**PROFILE, "host_directory": "legacy"})]
+    for expected, path in zip(("repo", "xdg", "legacy"), files, strict=True):
+        assert profiles.load("p", cwd).host_directory == expected
+        path.unlink()
+    with pytest.raises(RunawayError):
+        profiles.load("p", cwd)
+
+
+def test_xdg_config_home_is_honoured(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    write_profile(tmp_path / "xdg" / "runaway", "p", **PROFILE)
+    assert profiles.load("p", tmp_path).source == str(tmp_path / "xdg" / "runaway" / "p.yml")
+
+
+def test_built_in_local_profile_can_be_overridden(home: Path, tmp_path: Path):
+    assert profiles.load("local", tmp_path) is profiles.LOCAL
+    write_profile(home / ".runaway", "local", **PROFILE)
+    assert profiles.load("local", tmp_path).ssh_config == "somehost"
+
+
+def test_list_shows_every_profile_with_its_source(home: Path, repo: Path):
+    write_profile(repo / ".runaway", "shared", **PROFILE)
+    write_profile(home / ".runaway", "mine", **PROFILE)
+    write_profile(home / ".runaway", "shared", **PROFILE)  # shadowed by the repository's
+    done = runaway("--list", cwd=repo)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["local", "mine", "shared"]
+    assert lines[0].split(None, 1)[1].split() == ["this", "machine", "built-in"]
+    assert lines[2].endswith(str(repo / ".runaway" / "shared.yml"))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("ssh_config: [unclosed\n", "is not valid YAML at line 2: expected ',' or ']', but got '<stream end>'"),
+    ("- a list\n", "must be a mapping with the keys ssh_config, host_directory, "
+     "before_execution, execution, after_execution"),
+    ("ssh_config: h\nhost_directory: d\nexecution: [x]\nexecute: [y]\n",
+     "unknown key 'execute'; allowed keys: ssh_config, host_directory, before_execution, "
+     "execution, after_execution"),
+    ("ssh_config: h\nexecution: [x]\n", "missing key 'host_directory'; allowed keys: ssh_config, "
+     "host_directory, before_execution, execution, after_execution"),
+    ("ssh_config: h\nhost_directory: d\nexecution: [1]\n",
+     "key 'execution' must be a list of shell commands"),
+])
+def test_bad_profile_files_get_one_line_errors(home: Path, tmp_path: Path, text: str,
+                                               message: str):
+    path = home / ".runaway" / "bad.yml"
+    path.parent.mkdir()
+    path.write_text(text)
+    done = runaway("bad", "run", cwd=tmp_path)
+    assert done.returncode == ExitCode.PROFILE
+    assert done.stderr == f"runaway: profile {path}: {message}\n"
+    assert done.stdout == ""
+
+
+def test_unknown_profile_lists_the_known_ones(home: Path, tmp_path: Path):
+    write_profile(home / ".runaway", "cluster", **PROFILE)
+    done = runaway("nope", "run", cwd=tmp_path)
+    assert done.returncode == ExitCode.PROFILE
+    assert done.stderr.startswith("runaway: unknown profile 'nope'; known profiles: cluster, "
+                                  "local (add one as ")
+    assert done.stderr.count("\n") == 1
