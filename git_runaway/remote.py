@@ -57,12 +57,13 @@ def execute(run_folder: str, env: Mapping[str, str], before: list[str], executio
     """Run the profile's commands in the run folder.
 
     `after` runs whatever happened before it, and the exit code is the first failure of
-    `before` or else `execution`'s. The commands run in a background subshell so that the
+    `before` or else `execution`'s; `export` and `cd` carry from one section to the next. The commands run in a background subshell so that the
     trap can stop the whole process group at once when runaway is interrupted or the
     connection drops (sshd sends HUP); a trap would wait for a foreground command to end.
     """
     exports = "".join(f"export {k}={q(v)}; " for k, v in sorted(env.items()))
-    body = f"{_all(before)} && {{ {_all(execution)}; }}; rc=$?; {_all(after)}; exit $rc"
+    # An EXIT trap, so that `after` also runs when a `before` command calls `exit`.
+    body = f"trap {q(_all(after))} EXIT; {_all(before)} && {_all(execution)}"
     return (f"cd {q(run_folder)} || exit 1; {exports}"
             "trap 'trap \"\" HUP INT TERM; kill -TERM 0 2>/dev/null; exit 143' HUP INT TERM; "
             f"( {body} ) & wait $!")

@@ -7,6 +7,7 @@ out. The sshd is started by `.ci/services.sh`, which exports EXPEGIT_TEST_SSH_CO
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import uuid
@@ -75,3 +76,11 @@ def ssh_profile(ssh_host: str, home: Path) -> str:
     write_profile(home / ".config" / "runaway", "ssh", ssh_config=ssh_host,
                   host_directory=f"~/runaway-tests/{uuid.uuid4().hex[:12]}", execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
     return "ssh"
+
+
+def ssh_user_home() -> Path:
+    """The home of the test sshd's user, readable from here (the sshd is on this machine)."""
+    config = Path(os.environ["EXPEGIT_TEST_SSH_CONFIG"]).read_text()
+    user = next(line.split()[1] for line in config.splitlines()
+                if line.strip().startswith("User "))
+    return Path(pwd.getpwnam(user).pw_dir)

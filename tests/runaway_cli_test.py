@@ -1,0 +1,282 @@
+"""End to end: the installed `git runaway`, on this machine and on the real loopback sshd."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from git_runaway.errors import ExitCode
+from tests.conftest import runaway
+from tests.conftest import script
+from tests.conftest import ssh_user_home
+from tests.conftest import write_profile
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    profile: str
+    host_directory: Path  # where the profile's host_directory is, seen from here
+
+
+@pytest.fixture(params=["local", "ssh"])
+def target(request: pytest.FixtureRequest, home: Path) -> Target:
+    if request.param == "local":
+        return Target("local", home / ".cache" / "runaway")
+    host = request.getfixturevalue("ssh_host")
+    name = uuid.uuid4().hex[:12]
+    write_profile(home / ".config" / "runaway", "ssh", ssh_config=host,
+                  host_directory=f"~/runaway-tests/{name}",
+                  execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
+    return Target("ssh", ssh_user_home() / "runaway-tests" / name)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    os.chmod(tmp_path, 0o755)
+    return folder
+
+
+def test_output_and_exit_code_are_the_scripts(target: Target, work: Path):
+    script(work, "run.sh", "echo to-stdout; echo to-stderr >&2; exit 7\n")
+    done = runaway(target.profile, "run.sh", cwd=work)
+    assert (done.returncode, done.stdout, done.stderr) == (7, "to-stdout\n", "to-stderr\n")
+
+
+def test_verbose_steps_go_to_stderr_prefixed(target: Target, work: Path):
+    script(work, "run.sh", "echo to-stdout; echo to-stderr >&2\n")
+    done = runaway("-v", target.profile, "run.sh", cwd=work)
+    assert (done.returncode, done.stdout) == (0, "to-stdout\n")
+    ours = [line for line in done.stderr.splitlines() if line != "to-stderr"]
+    assert len(ours) >= 4 and all(line.startswith("runaway: ") for line in ours)
+    assert "runaway: uploading 10240 bytes" in ours
+
+
+def test_arguments_are_split_like_a_shell_and_never_executed(target: Target, work: Path):
+    script(work, "run.sh", 'for a in "$@"; do printf "[%s]\\n" "$a"; done\n')
+    args = ["--name 'a b'", "$(touch pwned1)", ";", "touch", "pwned2", "`touch pwned3`", "&&",
+            "|", "x>y", '"$HOME"']
+    done = runaway(target.profile, "run.sh", "--", *args, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "[--name]", "[a b]", "[$(touch]", "[pwned1)]", "[;]", "[touch]", "[pwned2]",
+        "[`touch]", "[pwned3`]", "[&&]", "[|]", "[x>y]", "[$HOME]"]
+    assert not list(work.glob("pwned*")) and not list(target.host_directory.rglob("pwned*"))
+
+
+def test_created_and_changed_files_come_back_minus_fetchignore(target: Target, work: Path):
+    (work / "kept.txt").write_text("same")
+    os.utime(work / "kept.txt", (1_000_000_000, 1_000_000_000))
+    (work / "changed.txt").write_text("before\n")
+    (work / ".fetchignore").write_text("*.tmp\nbig/\n")
+    script(work, "run.sh", "echo after >> changed.txt; mkdir -p sub big; echo n > new.txt;"
+           " echo d > sub/deep.txt; echo t > x.tmp; echo b > big/file; ln -s new.txt link\n")
+    done = runaway(target.profile, "run.sh", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert (work / "changed.txt").read_text() == "before\nafter\n"
+    assert (work / "new.txt").read_text() == "n\n"
+    assert (work / "sub" / "deep.txt").read_text() == "d\n"
+    assert os.readlink(work / "link") == "new.txt"
+    assert not (work / "x.tmp").exists() and not (work / "big").exists()
+    assert os.stat(work / "kept.txt").st_mtime == 1_000_000_000  # unchanged: not fetched
+
+
+def test_sendignore_has_gitignore_rules_and_always_travels(target: Target, work: Path):
+    (work / ".sendignore").write_text("secret/\n*.bin\n!keep.bin\n.sendignore\n")
+    for name in ("secret/key", "a.bin", "keep.bin", "sub/b.bin", "sub/c.txt"):
+        (work / name).parent.mkdir(exist_ok=True)
+        (work / name).write_text(name)
+    script(work, "run.sh", "find . -type f | sort\n")
+    done = runaway(target.profile, "run.sh", cwd=work)
+    assert done.stdout.split() == ["./.sendignore", "./keep.bin", "./run.sh", "./sub/c.txt"]
+
+
+def test_runaway_variables_are_exported(target: Target, work: Path):
+    script(work, "run.sh", "env | grep ^RUNAWAY | sort\n")
+    done = runaway(target.profile, "run.sh", "--", "--lr", "0.1", cwd=work,
+                   env={**os.environ, "RUNAWAY_CUSTOM": "forwarded"})
+    env = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    assert re.fullmatch(r"[0-9a-f-]{36}", env["RUNAWAY_UUID"])
+    assert env["RUNAWAY_PWD"] == f"{target.host_directory}/{env['RUNAWAY_UUID']}"
+    assert env["RUNAWAY_PATH"] == str(target.host_directory)
+    assert env["RUNAWAY_ARGUMENTS"] == "--lr 0.1"
+    assert env["RUNAWAY_PROFILE"] == env["RUNAWAY_REMOTE"] == target.profile
+    assert env["RUNAWAY_CUSTOM"] == "forwarded"
+    assert len(env["RUNAWAY_SEND_HASH"]) == 64
+
+
+@pytest.mark.parametrize(("leave", "archives", "folders"), [
+    ("nothing", 0, 0), ("code", 1, 0), ("everything", 1, 1)])
+def test_leave(target: Target, work: Path, leave: str, archives: int, folders: int):
+    script(work, "run.sh", "echo x > out.txt\n")
+    done = runaway(f"--leave={leave}", target.profile, "run.sh", cwd=work)
+    assert done.returncode == 0, done.stderr
+    host = target.host_directory
+    assert len(list(host.glob("*.tar"))) == archives
+    runs = [p for p in host.iterdir() if re.fullmatch(r"[0-9a-f-]{36}", p.name)]
+    assert len(runs) == folders
+    assert all((run / "out.txt").is_file() for run in runs)
+
+
+def test_ctrl_c_stops_the_script_fetches_and_cleans_up(target: Target, work: Path):
+    token = f"{time.time() % 1000:.6f}"  # unique, to find the remote sleep
+    script(work, "run.sh", f"echo started > started.txt; echo started; sleep 1{token};"
+           " echo finished > finished.txt\n")
+    # As a terminal does: SIGINT to the whole foreground process group. Without the `git`
+    # wrapper, which reports a SIGINT death of its own rather than the exit code.
+    process = subprocess.Popen(["git-runaway", target.profile, "run.sh"], cwd=work,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    assert process.stdout is not None and process.stdout.readline() == "started\n"
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == ExitCode.INTERRUPTED
+    assert stderr == "runaway: interrupted\n"
+    assert (work / "started.txt").read_text() == "started\n"
+    assert not (work / "finished.txt").exists()
+    assert subprocess.run(["pgrep", "-f", f"sleep 1{token}"]).returncode == 1
+    assert list(target.host_directory.iterdir()) == [target.host_directory / ".lock"]
+
+
+def test_output_streams_live(target: Target, work: Path):
+    script(work, "run.sh", "echo first; sleep 2; echo second\n")
+    start = time.monotonic()
+    process = subprocess.Popen(["git", "runaway", target.profile, "run.sh"], cwd=work,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "first\n"
+    first = time.monotonic() - start
+    assert process.stdout.readline() == "second\n"
+    assert process.wait() == 0
+    assert time.monotonic() - start - first > 1.5
+
+
+def test_after_execution_runs_and_results_come_back_when_the_script_fails(
+        ssh_host: str, home: Path, work: Path):
+    write_profile(home / ".runaway", "withafter", ssh_config=ssh_host,
+                  host_directory="~/runaway-tests/after",
+                  before_execution=["export GREETING=hi", "echo before"],
+                  execution=["echo $GREETING", "$SCRIPT_NAME $SCRIPT_ARGS"],
+                  after_execution=["echo after >&2", "echo after > after.txt"])
+    script(work, "run.sh", "echo partial > log.txt; exit 3\n")
+    done = runaway("withafter", "run.sh", cwd=work)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "before\nhi\n", "after\n")
+    assert (work / "log.txt").read_text() == "partial\n"
+    assert (work / "after.txt").read_text() == "after\n"
+
+
+def test_failing_before_execution_skips_the_script(ssh_host: str, home: Path, work: Path):
+    write_profile(home / ".runaway", "badbefore", ssh_config=ssh_host,
+                  host_directory="~/runaway-tests/badbefore",
+                  before_execution=["exit 42"], execution=["$SCRIPT_NAME"],
+                  after_execution=["echo after"])
+    script(work, "run.sh", "echo ran\n")
+    done = runaway("badbefore", "run.sh", cwd=work)
+    assert (done.returncode, done.stdout) == (42, "after\n")
+
+
+def test_concurrent_processes_running_the_same_code(ssh_profile: str, tmp_path: Path):
+    """With --leave=nothing each run may delete the shared archive: only the last may."""
+    folders = []
+    for i in range(6):
+        folders.append(tmp_path / f"w{i}")
+        script(folders[-1], "run.sh", 'sleep "0.$1"; echo "$1" > out.txt\n')
+    processes = [subprocess.Popen(["git", "runaway", ssh_profile, "run.sh", "--", str(i)],
+                                  cwd=f, stderr=subprocess.PIPE, text=True)
+                 for i, f in enumerate(folders)]
+    for process in processes:
+        assert process.wait(timeout=60) == 0, process.stderr
+    assert [(f / "out.txt").read_text() for f in folders] == [f"{i}\n" for i in range(6)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["local", "missing.sh"], "runaway: script 'missing.sh' is not a file inside {work}\n"),
+    (["local", "../outside.sh"], "runaway: script '../outside.sh' is not a file inside {work}\n"),
+    (["--leave=all", "local", "run.sh"],
+     "runaway: invalid --leave='all': use nothing, code, everything\n"),
+    (["local", "run.sh", "--", "it's"],
+     "runaway: cannot split the arguments \"it's\": No closing quotation\n"),
+    (["--bogus", "local", "run.sh"], "runaway: invalid command line; usage: git runaway [-v] "
+     "[--leave=WHAT] PROFILE SCRIPT [-- ARGS...] (see git runaway -h)\n"),
+])
+def test_bad_command_lines(work: Path, args: list[str], message: str):
+    script(work, "run.sh", "echo ran > ran.txt\n")
+    script(work.parent, "outside.sh", "echo ran > ran.txt\n")
+    done = runaway(*args, cwd=work)
+    assert (done.returncode, done.stdout) == (ExitCode.USAGE, "")
+    assert done.stderr == message.format(work=work)
+    assert not (work / "ran.txt").exists()
+
+
+def test_script_excluded_by_sendignore(work: Path):
+    script(work, "run.sh", "echo ran\n")
+    (work / ".sendignore").write_text("*.sh\n")
+    done = runaway("local", "run.sh", cwd=work)
+    assert done.returncode == ExitCode.USAGE
+    assert done.stderr == (f"runaway: script 'run.sh' is excluded by {work}/.sendignore; "
+                           "it must be sent to run\n")
+
+
+def test_unreachable_host(home: Path, work: Path):
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "config").write_text("Host nowhere\n  HostName 127.0.0.1\n  Port 1\n")
+    write_profile(home / ".runaway", "nowhere", ssh_config="nowhere", host_directory="/tmp",
+                  execution=["$SCRIPT_NAME"])
+    script(work, "run.sh", "echo ran\n")
+    done = runaway("nowhere", "run.sh", cwd=work)
+    assert done.returncode == ExitCode.CONNECTION
+    assert done.stderr.startswith("runaway: cannot connect to 'nowhere': ")
+    assert done.stderr.endswith("; check `ssh nowhere`\n") and done.stderr.count("\n") == 1
+
+
+def test_unknown_host_key_of_the_real_sshd_is_refused(ssh_profile: str, home: Path, work: Path):
+    config = (home / ".ssh" / "config").read_text()
+    empty = home / ".ssh" / "known_hosts_empty"
+    empty.write_text("")
+    (home / ".ssh" / "config").write_text(
+        re.sub(r"UserKnownHostsFile .*", f"UserKnownHostsFile {empty}", config))
+    script(work, "run.sh", "echo ran\n")
+    done = runaway(ssh_profile, "run.sh", cwd=work)
+    assert done.returncode == ExitCode.CONNECTION
+    assert done.stderr.startswith("runaway: host key of 'testhost' is unknown or has changed")
+    assert "accept it with `ssh testhost`" in done.stderr
+
+
+def test_check_reports_each_step(ssh_host: str, home: Path, work: Path):
+    write_profile(home / ".runaway", "good", ssh_config=ssh_host, host_directory="~/rt-check",
+                  before_execution=["true"], execution=["$SCRIPT_NAME"])
+    write_profile(home / ".runaway", "bad", ssh_config=ssh_host, host_directory="~/rt-check",
+                  before_execution=["module load nothing"], execution=["$SCRIPT_NAME"])
+    good = runaway("--check", "good", cwd=work)
+    assert good.returncode == 0, good.stdout
+    assert good.stdout.splitlines() == [
+        "ok    connect to testhost", f"ok    create host_directory {ssh_user_home()}/rt-check",
+        "ok    before_execution", "ok    after_execution"]
+    bad = runaway("--check", "bad", cwd=work)
+    assert bad.returncode == ExitCode.HOST
+    assert re.search(r"^FAIL  before_execution: exit 127: .*module: .*not found$", bad.stdout,
+                     re.M)
+
+
+def test_help_through_git(work: Path):
+    assert runaway("-h", cwd=work).stdout.startswith("Run a folder's script on a host")
+    # `git runaway --help` is `git help runaway`: the man page that `pip install .` installs.
+    if subprocess.run(["man", "-w", "git-runaway"], capture_output=True).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the git-runaway man page is not installed")
+        pytest.skip("man page not installed (editable install)")
+    done = runaway("--help", cwd=work, env={**os.environ, "MANPAGER": "cat", "PAGER": "cat"})
+    assert "Run a folder's script on a host" in done.stdout
+
+
+def test_expegit_is_installed(work: Path):
+    done = subprocess.run(["git", "expegit"], cwd=work, capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (1, "expegit: not built yet; see `git expegit -h`\n")
