@@ -17,7 +17,8 @@ from docopt import docopt
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        # The usage says `git expegit ...`: docopt reads "git" as the program, "expegit" as a command.
+        # The usage says `git expegit ...`: docopt reads "git" as the program and
+        # "expegit" as a command.
         docopt(__doc__, argv=["expegit", *(sys.argv[1:] if argv is None else argv)])
     except DocoptExit:
         pass

@@ -35,7 +35,7 @@ class Pack:
     files: tuple[str, ...]
 
 
-def ignore_spec(folder: Path, name: str) -> pathspec.PathSpec:
+def ignore_spec(folder: Path, name: str) -> pathspec.GitIgnoreSpec:
     """The gitignore rules of `folder/name`; empty when the file does not exist."""
     try:
         lines = (folder / name).read_text().splitlines()
@@ -63,7 +63,7 @@ def pack(folder: Path) -> Pack:
     return Pack(data, hashlib.sha256(data).hexdigest(), tuple(names))
 
 
-def _walk(folder: Path, spec: pathspec.PathSpec, prefix: str = "") -> Iterator[str]:
+def _walk(folder: Path, spec: pathspec.GitIgnoreSpec, prefix: str = "") -> Iterator[str]:
     try:
         entries = sorted(os.scandir(folder / prefix) if prefix else os.scandir(folder),
                          key=lambda e: e.name)

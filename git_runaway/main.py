@@ -53,7 +53,8 @@ LEAVE = ("nothing", "code", "everything")
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        # The usage says `git runaway ...`: docopt reads "git" as the program, "runaway" as a command.
+        # The usage says `git runaway ...`: docopt reads "git" as the program and
+        # "runaway" as a command.
         args = docopt(__doc__, argv=["runaway", *(sys.argv[1:] if argv is None else argv)])
     except DocoptExit:
         return _fail("invalid command line; usage: git runaway [-v] [--leave=WHAT] PROFILE "

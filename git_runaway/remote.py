@@ -22,6 +22,7 @@ MISSING = 100  # exit code of `prepare` when the archive is not on the host yet
 CORRUPT = 101  # exit code of `upload` when the uploaded bytes do not match the hash
 
 _LOCK = "exec 9>.lock && flock 9"
+_STOP_GROUP = 'trap "" HUP INT TERM; kill -TERM 0 2>/dev/null; exit 143'
 
 
 def resolve_root(host_directory: str) -> str:
@@ -39,7 +40,8 @@ def upload(root: str, digest: str, uuid: str) -> str:
     """Read the archive on stdin, verify it, publish it atomically, then `prepare`."""
     part = f"{digest}.tar.{uuid}.part"
     return (f"cd {q(root)} && cat > {part} && "
-            f"{{ echo '{digest}  {part}' | sha256sum -c --status || {{ rm -f {part}; exit {CORRUPT}; }}; }}"
+            f"{{ echo '{digest}  {part}' | sha256sum -c --status"
+            f" || {{ rm -f {part}; exit {CORRUPT}; }}; }}"
             f" && {_LOCK} && mv -f {part} {digest}.tar && {_mark(digest, uuid)}"
             f" && flock -u 9 && {_extract(digest, uuid)}")
 
@@ -57,15 +59,16 @@ def execute(run_folder: str, env: Mapping[str, str], before: list[str], executio
     """Run the profile's commands in the run folder.
 
     `after` runs whatever happened before it, and the exit code is the first failure of
-    `before` or else `execution`'s; `export` and `cd` carry from one section to the next. The commands run in a background subshell so that the
-    trap can stop the whole process group at once when runaway is interrupted or the
-    connection drops (sshd sends HUP); a trap would wait for a foreground command to end.
+    `before` or else `execution`'s; `export` and `cd` carry from one section to the next.
+    The commands run in a background subshell so that the trap can stop the whole process
+    group at once when runaway is interrupted or the connection drops (sshd sends HUP); a
+    trap would wait for a foreground command to end.
     """
     exports = "".join(f"export {k}={q(v)}; " for k, v in sorted(env.items()))
     # An EXIT trap, so that `after` also runs when a `before` command calls `exit`.
     body = f"trap {q(_all(after))} EXIT; {_all(before)} && {_all(execution)}"
     return (f"cd {q(run_folder)} || exit 1; {exports}"
-            "trap 'trap \"\" HUP INT TERM; kill -TERM 0 2>/dev/null; exit 143' HUP INT TERM; "
+            f"trap {q(_STOP_GROUP)} HUP INT TERM; "
             f"( {body} ) & wait $!")
 
 

@@ -74,7 +74,8 @@ def runaway(*args: str, cwd: Path, **kwargs: object) -> subprocess.CompletedProc
 def ssh_profile(ssh_host: str, home: Path) -> str:
     """A profile `ssh` in ~/.config/runaway for the real sshd."""
     write_profile(home / ".config" / "runaway", "ssh", ssh_config=ssh_host,
-                  host_directory=f"~/runaway-tests/{uuid.uuid4().hex[:12]}", execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
+                  host_directory=f"~/runaway-tests/{uuid.uuid4().hex[:12]}",
+                  execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
     return "ssh"
 
 

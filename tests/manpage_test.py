@@ -24,7 +24,7 @@ def render(name: str, doc: str | None) -> str:
 
 def test_man_pages_are_the_usage_texts():
     for path, (name, doc) in PAGES.items():
-        assert path.read_text() == render(name, doc), f"regenerate: python -m tests.manpage_test"
+        assert path.read_text() == render(name, doc), "regenerate: python -m tests.manpage_test"
 
 
 if __name__ == "__main__":

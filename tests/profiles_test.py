@@ -24,9 +24,9 @@ def repo(tmp_path: Path) -> Path:
 
 def test_precedence_repository_then_xdg_then_legacy_then_built_in(home: Path, repo: Path):
     cwd = repo / "sub"
-    files = [write_profile(repo / ".runaway", "p", **{**PROFILE, "host_directory": "repo"}),
-             write_profile(home / ".config" / "runaway", "p", **{**PROFILE, "host_directory": "xdg"}),
-             write_profile(home / ".runaway", "p", **{**PROFILE, "host_directory": "legacy"})]
+    folders = [repo / ".runaway", home / ".config" / "runaway", home / ".runaway"]
+    files = [write_profile(folder, "p", **{**PROFILE, "host_directory": name})
+             for folder, name in zip(folders, ("repo", "xdg", "legacy"), strict=True)]
     for expected, path in zip(("repo", "xdg", "legacy"), files, strict=True):
         assert profiles.load("p", cwd).host_directory == expected
         path.unlink()
@@ -59,7 +59,8 @@ def test_list_shows_every_profile_with_its_source(home: Path, repo: Path):
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("ssh_config: [unclosed\n", "is not valid YAML at line 2: expected ',' or ']', but got '<stream end>'"),
+    ("ssh_config: [unclosed\n",
+     "is not valid YAML at line 2: expected ',' or ']', but got '<stream end>'"),
     ("- a list\n", "must be a mapping with the keys ssh_config, host_directory, "
      "before_execution, execution, after_execution"),
     ("ssh_config: h\nhost_directory: d\nexecution: [x]\nexecute: [y]\n",
