@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Benchmarks P3 (throughput and per-execution overhead) and P4 (unchanged code uploads 0 bytes).
+
+Needs the loopback sshd of `.ci/services.sh` (EXPEGIT_TEST_SSH_CONFIG, alias `testhost`).
+Runs with its own HOME, holding a copy of that config as ~/.ssh/config, as a user would.
+Exits non-zero, loudly, if any execution's result is wrong. See bench/README.md.
+
+    python bench/p3_p4.py [--n 200] [--concurrency 8] [--baseline-n N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import git_runaway.execution as execution
+from git_runaway import archive
+from git_runaway.execution import Job
+from git_runaway.execution import Leave
+from git_runaway.execution import Runaway
+from git_runaway.profiles import Profile
+
+SCRIPT = "#!/bin/sh\necho $1 > out.txt\n"
+HOST = os.environ.get("EXPEGIT_TEST_SSH_HOST", "testhost")
+
+
+class BenchmarkFailed(Exception):
+    pass
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise BenchmarkFailed(message)
+
+
+# --- setup -------------------------------------------------------------------------------
+
+def make_home(base: Path, config: str) -> Path:
+    """A HOME whose ~/.ssh/config is the test sshd's, so asyncssh resolves `testhost`."""
+    home = base / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    shutil.copy(config, home / ".ssh" / "config")
+    os.environ["HOME"] = str(home)
+    for name in [n for n in os.environ if n.startswith("RUNAWAY")]:
+        del os.environ[name]
+    return home
+
+
+def make_code(base: Path) -> Path:
+    code = base / "code"
+    code.mkdir()
+    (code / "run.sh").write_text(SCRIPT)
+    (code / "run.sh").chmod(0o755)
+    return code
+
+
+def copies(code: Path, parent: Path, n: int) -> list[Path]:
+    parent.mkdir()
+    folders = []
+    for i in range(n):
+        folder = parent / str(i)
+        shutil.copytree(code, folder)
+        folders.append(folder)
+    return folders
+
+
+def verify(folder: Path, i: int, what: str) -> None:
+    out = folder / "out.txt"
+    check(out.is_file(), f"{what} #{i}: out.txt did not come back into {folder}")
+    text = out.read_text()
+    check(text == f"{i}\n", f"{what} #{i}: out.txt holds {text!r}, expected {f'{i}'!r}")
+
+
+def ssh_cmd(config: str, command: str) -> list[str]:
+    # No connection sharing whatever the config says: a fresh connection per command.
+    return ["ssh", "-F", config, "-o", "ControlMaster=no", "-o", "ControlPath=none", HOST, command]
+
+
+def ssh(config: str, command: str) -> subprocess.CompletedProcess[bytes]:
+    done = subprocess.run(ssh_cmd(config, command), capture_output=True, timeout=120)
+    check(done.returncode == 0, f"ssh {command!r} failed ({done.returncode}): "
+          f"{done.stderr.decode(errors='replace').strip()}")
+    return done
+
+
+# --- ours ----------------------------------------------------------------------------------
+
+def profile_for(host_directory: str) -> Profile:
+    return Profile(name="bench", ssh_config=HOST, host_directory=host_directory,
+                   before_execution=(), execution=("$SCRIPT_NAME $SCRIPT_ARGS",),
+                   after_execution=(), source="bench/p3_p4.py")
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def __call__(self, chunk: bytes) -> None:
+        self.data += chunk
+
+
+async def ours_throughput(folders: list[Path], host_directory: str, concurrency: int,
+                          leave_name: str) -> tuple[float, list[int]]:
+    """N executions through `Runaway.run`, `concurrency` at a time, timed from before the
+    connection is opened (a fresh Runaway) to the last result fetched."""
+    profile = profile_for(host_directory)
+    leave = Leave(leave_name)
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(i: int, folder: Path):  # type: ignore[no-untyped-def]
+        async with semaphore:
+            out, err = Sink(), Sink()
+            outcome = await runaway.run(profile, Job(folder, "run.sh", str(i), leave), out, err)
+            return i, outcome, out, err
+
+    start = time.perf_counter()
+    async with Runaway() as runaway:
+        results = await asyncio.gather(*(one(i, f) for i, f in enumerate(folders)))
+    seconds = time.perf_counter() - start
+    uploads = []
+    for (i, outcome, _, err), folder in zip(results, folders, strict=True):
+        check(outcome.exit_code == 0, f"ours #{i}: exit code {outcome.exit_code}, stderr "
+              f"{bytes(err.data)!r}")
+        # (the names come back as find(1) prints them: "./out.txt")
+        check(tuple(os.path.normpath(f) for f in outcome.fetched) == ("out.txt",),
+              f"ours #{i}: fetched {outcome.fetched}")
+        check(not err.data, f"ours #{i}: unexpected stderr {bytes(err.data)!r}")
+        verify(folder, i, "ours")
+        uploads.append(outcome.uploaded)
+    return seconds, uploads
+
+
+def classify(command: str) -> str:
+    if "trap '" in command:
+        return "run (execute)"
+    if "cat > " in command:
+        return "upload"
+    if "test -f" in command:
+        return "prepare"
+    if "find . " in command:
+        return "fetch (archive)"
+    if ".users/" in command and "rm -f" in command:
+        return "cleanup"
+    if "pwd -P" in command:
+        return "resolve root"
+    return "other"
+
+
+async def overhead(code: Path, folders: list[Path], host_directory: str, leave_name: str
+                   ) -> tuple[float, float, dict[str, list[float]]]:
+    """Per execution: (wall time through the library, sequentially, connection already open;
+    the bare script over the same connection; the time of each step of the library's runs)."""
+    profile = profile_for(host_directory)
+    leave = Leave(leave_name)
+    steps: dict[str, list[float]] = defaultdict(list)
+    async with Runaway() as runaway:
+        host = await runaway.host(profile)
+        root = await runaway.root(host, profile)
+        # Warm up: the connection, host_directory and (with leave=code) the archive.
+        warm = folders[0].parent / "warm"
+        shutil.copytree(code, warm)
+        await runaway.run(profile, Job(warm, "run.sh", "0", leave), Sink(), Sink())
+
+        # Time each step: the host's commands, and the local pack and extract.
+        run_command = host.run
+
+        async def timed_run(command: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+            t = time.perf_counter()
+            try:
+                return await run_command(command, *args, **kwargs)
+            finally:
+                steps[classify(command)].append(time.perf_counter() - t)
+
+        def timed(name: str, function):  # type: ignore[no-untyped-def]
+            def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+                t = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    steps[name].append(time.perf_counter() - t)
+            return wrapper
+
+        wrapped = {"pack": "pack (local)", "safe_extract": "extract (local)"}
+        host.run = timed_run  # type: ignore[method-assign]
+        for name, label in wrapped.items():  # the names execution.py imported from archive
+            setattr(execution, name, timed(label, getattr(archive, name)))
+        try:
+            start = time.perf_counter()
+            for i, folder in enumerate(folders):
+                t = time.perf_counter()
+                outcome = await runaway.run(profile, Job(folder, "run.sh", str(i), leave),
+                                            Sink(), Sink())
+                steps["total"].append(time.perf_counter() - t)
+                check(outcome.exit_code == 0, f"sequential #{i}: exit {outcome.exit_code}")
+                verify(folder, i, "sequential")
+            library = (time.perf_counter() - start) / len(folders)
+        finally:
+            host.run = run_command  # type: ignore[method-assign]
+            for name in wrapped:
+                setattr(execution, name, getattr(archive, name))
+
+        # The bare script, on the same connection, once per execution.
+        bare_dir = f"{root}/bare-{uuid.uuid4().hex[:8]}"
+        done = await host.run(f"mkdir -p {bare_dir} && cat > {bare_dir}/run.sh",
+                              stdin=SCRIPT.encode())
+        check(done.exit_code == 0, f"cannot set up {bare_dir}: {done.stderr!r}")
+        start = time.perf_counter()
+        for i in range(len(folders)):
+            done = await host.run(f"cd {bare_dir} && sh run.sh {i}")
+            check(done.exit_code == 0, f"bare #{i}: exit {done.exit_code}")
+        bare = (time.perf_counter() - start) / len(folders)
+        done = await host.run(f"cat {bare_dir}/out.txt; rm -rf {bare_dir}")
+        check(done.stdout == f"{len(folders) - 1}\n".encode(), f"bare: out.txt {done.stdout!r}")
+    return library, bare, steps
+
+
+async def p4(base: Path, code: Path, host_directory: str) -> tuple[int, int]:
+    profile = profile_for(host_directory)
+    uploaded = []
+    async with Runaway() as runaway:
+        for i in (1, 2):
+            folder = base / f"p4-{i}"
+            shutil.copytree(code, folder)  # a fresh copy of the unchanged code each time
+            outcome = await runaway.run(profile, Job(folder, "run.sh", str(i), Leave.CODE),
+                                        Sink(), Sink())
+            check(outcome.exit_code == 0, f"P4 run {i}: exit {outcome.exit_code}")
+            verify(folder, i, "P4")
+            uploaded.append(outcome.uploaded)
+    check(uploaded[0] > 0, f"P4: the first run uploaded {uploaded[0]} bytes, expected > 0")
+    check(uploaded[1] == 0, f"P4: the second run uploaded {uploaded[1]} bytes, expected 0")
+    return uploaded[0], uploaded[1]
+
+
+# --- baseline: the original design, one OpenSSH connection per ssh/scp ---------------------
+
+def baseline_one(config: str, code: Path, folder: Path, remote_parent: str, i: int) -> None:
+    """mkdir; scp the code archive; ssh extract + run + tar the results; scp them back;
+    extract locally; ssh rm. Five connections, as the original tool's design."""
+    run_id = str(uuid.uuid4())
+    remote = f"{remote_parent}/{run_id}"
+    archive = folder.parent / f"{folder.name}.send.tar"
+    results = folder.parent / f"{folder.name}.fetch.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(folder), "."], check=True)
+    ssh(config, f"mkdir -p {remote}")
+    subprocess.run(["scp", "-q", "-F", config, "-o", "ControlMaster=no", "-o",
+                    "ControlPath=none", str(archive), f"{HOST}:{remote}/send.tar"],
+                   check=True, timeout=120)
+    ssh(config, f"cd {remote} && mkdir run && tar -xf send.tar -C run && cd run && "
+        f"./run.sh {i} && tar -cf ../fetch.tar out.txt")
+    subprocess.run(["scp", "-q", "-F", config, "-o", "ControlMaster=no", "-o",
+                    "ControlPath=none", f"{HOST}:{remote}/fetch.tar", str(results)],
+                   check=True, timeout=120)
+    subprocess.run(["tar", "-xf", str(results), "-C", str(folder)], check=True)
+    ssh(config, f"rm -rf {remote}")
+    archive.unlink()
+    results.unlink()
+
+
+def baseline(config: str, code: Path, folders: list[Path], remote_parent: str,
+             concurrency: int) -> float:
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(baseline_one, config, code, f, remote_parent, i)
+                   for i, f in enumerate(folders)]
+        for future in futures:
+            future.result()
+    seconds = time.perf_counter() - start
+    for i, folder in enumerate(folders):
+        verify(folder, i, "baseline")
+    return seconds
+
+
+# --- main ----------------------------------------------------------------------------------
+
+LEAVES = ("nothing", "code")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="executions (default 200)")
+    parser.add_argument("--concurrency", type=int, default=8, help="at a time (default 8)")
+    parser.add_argument("--baseline-n", type=int, default=None,
+                        help="executions of the ssh+scp baseline (default: --n)")
+    args = parser.parse_args()
+    config = os.environ.get("EXPEGIT_TEST_SSH_CONFIG")
+    if not config:
+        print("EXPEGIT_TEST_SSH_CONFIG is not set: run `SVC=/tmp/svc bash .ci/services.sh` "
+              "and `source /tmp/svc/env.sh`", file=sys.stderr)
+        return 2
+    n, c = args.n, args.concurrency
+    bn = args.baseline_n or n
+    tag = uuid.uuid4().hex[:10]
+    remote_ours = f"~/bench-runaway/{tag}"
+    remote_base = f"bench-baseline/{tag}"
+    load = os.getloadavg()[0]
+    ours: dict[str, tuple[float, float, list[int]]] = {}
+    sequential: dict[str, tuple[float, float, dict[str, list[float]]]] = {}
+    with tempfile.TemporaryDirectory(prefix="runaway-bench-") as tmp:
+        base = Path(tmp)
+        make_home(base, config)
+        code = make_code(base)
+        try:
+            ssh(config, f"mkdir -p {remote_base}")
+            for leave in LEAVES:
+                cpu = time.process_time()
+                seconds, uploads = asyncio.run(ours_throughput(
+                    copies(code, base / f"ours-{leave}", n), f"{remote_ours}/p3-{leave}", c,
+                    leave))
+                ours[leave] = (seconds, (time.process_time() - cpu) / n, uploads)
+            base_seconds = baseline(config, code, copies(code, base / "baseline", bn),
+                                    remote_base, c)
+            for leave in LEAVES:
+                sequential[leave] = asyncio.run(overhead(
+                    code, copies(code, base / f"sequential-{leave}", n),
+                    f"{remote_ours}/overhead-{leave}", leave))
+            p4_first, p4_second = asyncio.run(p4(base, code, f"{remote_ours}/p4"))
+            # With leave=nothing, nothing but the lock file may stay on the host.
+            for folder in ("p3-nothing", "overhead-nothing"):
+                left = ssh(config, f"cd {remote_ours}/{folder} && ls -A").stdout.split()
+                check(left == [b".lock"], f"leave=nothing left {left} in {folder} on the host")
+        except BenchmarkFailed as e:
+            print(f"BENCHMARK FAILED: {e}", file=sys.stderr)
+            return 1
+        finally:
+            subprocess.run(ssh_cmd(config, f"rm -rf {remote_ours} {remote_base}"),
+                           capture_output=True, timeout=120)
+
+    base_rate = bn / base_seconds
+    print(f"\n## P3: throughput, {c} at a time ({date()}, nproc {os.cpu_count()}, "
+          f"Python {platform.python_version()}, load average at start {load:.2f})\n")
+    print("| | executions | wall s | executions/s | vs baseline | client CPU ms/exec | notes |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for leave in LEAVES:
+        seconds, cpu, uploads = ours[leave]
+        rate = n / seconds
+        print(f"| ours, --leave={leave} | {n} | {seconds:.2f} | {rate:.1f} "
+              f"| **{rate / base_rate:.1f}x** | {cpu * 1e3:.1f} "
+              f"| {sum(1 for u in uploads if u)} uploads; includes connecting |")
+    print(f"| baseline: ssh+scp, no sharing | {bn} | {base_seconds:.2f} | {base_rate:.1f} "
+          f"| 1.0x | | 5 OpenSSH connections each |")
+    print(f"\n## P3: overhead per execution, sequential, connection open ({n} executions)\n")
+    print("| ms per execution | " + " | ".join(f"--leave={leave}" for leave in LEAVES) + " |")
+    print("|---|" + "---:|" * len(LEAVES))
+    print("| through the library | "
+          + " | ".join(f"{sequential[leave][0] * 1e3:.1f}" for leave in LEAVES) + " |")
+    print("| bare `sh run.sh` on the same connection | "
+          + " | ".join(f"{sequential[leave][1] * 1e3:.1f}" for leave in LEAVES) + " |")
+    print("| **overhead** (goal <= 30) | " + " | ".join(
+        f"**{(sequential[leave][0] - sequential[leave][1]) * 1e3:.1f}**" for leave in LEAVES)
+        + " |")
+    print("\nWhere it goes (median ms of each step, per execution):\n")
+    names = sorted({k for leave in LEAVES for k in sequential[leave][2]},
+                   key=lambda k: (k == "total", -sum(sequential["nothing"][2].get(k, [0]))))
+    print("| step | " + " | ".join(f"--leave={leave}" for leave in LEAVES) + " |")
+    print("|---|" + "---:|" * len(LEAVES))
+    for name in names:
+        cells = []
+        for leave in LEAVES:
+            values = sequential[leave][2].get(name)
+            cells.append(f"{statistics.median(values) * 1e3:.2f}" if values else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n## P4: a second run of unchanged code (--leave=code)\n")
+    print("| run | uploaded bytes |")
+    print("|---|---:|")
+    print(f"| first, fresh host_directory | {p4_first} |")
+    print(f"| second, a fresh copy of the same code | {p4_second} |")
+    ratio = min(n / ours[leave][0] for leave in LEAVES) / base_rate
+    worst = max(sequential[leave][0] - sequential[leave][1] for leave in LEAVES) * 1e3
+    print(f"\nGoals: P3 throughput >= 10x baseline: {'met' if ratio >= 10 else 'MISSED'} "
+          f"(worst {ratio:.1f}x); P3 overhead <= 30 ms: {'met' if worst <= 30 else 'MISSED'} "
+          f"(worst {worst:.1f} ms); P4 second upload 0 bytes: met")
+    return 0
+
+
+def date() -> str:
+    return time.strftime("%Y-%m-%d")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
