@@ -1,0 +1,187 @@
+"""Tar archives a compromised host could send back as a run's results.
+
+Each case writes (or tries to) into `outside`, a sentinel folder next to the local folder
+that holds one file, `secret`, reading "untouched". Every archive starts with a harmless
+`benign.txt`, so a test can also tell whether anything was extracted before the refusal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from _pytest.mark import ParameterSet
+
+SECRET = "untouched"
+BENIGN = "benign.txt"
+
+Entry = tuple[tarfile.TarInfo, bytes | None]  # a header, and the data of a regular file
+
+
+def file(name: str, data: bytes = b"pwned") -> Entry:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    return info, data
+
+
+def directory(name: str) -> Entry:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    return info, None
+
+
+def symlink(name: str, target: str) -> Entry:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info, None
+
+
+def hardlink(name: str, target: str) -> Entry:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE
+    info.linkname = target
+    return info, None
+
+
+def special(name: str, kind: bytes, major: int = 0, minor: int = 0) -> Entry:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.devmajor, info.devminor = major, minor
+    info.mode = 0o666
+    return info, None
+
+
+def tar_bytes(entries: list[Entry]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, None if data is None else io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    why: str  # a regular expression the refusal's message matches
+    entries: Callable[[Path, Path], list[Entry]]  # (local folder, outside) -> hostile entries
+    local_link: str | None = None  # the local folder already has `out` -> outside/local_link
+    # Refused before anything is extracted. False marks runaway's known failures: refused
+    # only midway by tarfile's "data" filter, or (bypasses_data_filter) not at all.
+    upfront: bool = True
+    bypasses_data_filter: bool = False  # CVE-2025-4517: tarfile's filter misses it
+
+    def archive(self, local: Path, outside: Path) -> bytes:
+        return tar_bytes([file(BENIGN, b"benign"), *self.entries(local, outside)])
+
+
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path, start)
+
+
+def _path_max_bypass(local: Path, outside: Path) -> list[Entry]:
+    """CVE-2025-4517: symlinks through folders whose names bring the real path close to
+    PATH_MAX, so that os.path.realpath (which tarfile's "data" filter trusts) gives up
+    resolving and calls `escape` harmless while the kernel follows it out of `local`."""
+    steps = "abcdefghijklmnop"
+    room = os.pathconf("/", "PC_PATH_MAX") - len(os.path.realpath(local)) - 1 - 100
+    component = "d" * min(room // len(steps) - 1, 255)
+    entries: list[Entry] = []
+    path = ""
+    for step in steps:
+        entries += [directory(os.path.join(path, component)),
+                    symlink(os.path.join(path, step), component)]
+        path = os.path.join(path, component)
+    link = os.path.join(*steps, "l" * 254)
+    entries.append(symlink(link, "../" * len(steps)))  # back to `local`, lexically inside
+    entries.append(symlink("escape", f"{link}/../{outside.name}"))
+    entries.append(file("escape/pwned"))
+    return entries
+
+
+ESCAPES = re.escape("has an absolute path or '..'")
+SYMLINK = "is a symlink pointing outside"
+HARDLINK = "is a hard link pointing outside"
+SPECIAL = "is a device, fifo or other special file"
+# Said by tarfile's "data" filter as it extracts, or by runaway if it checks these upfront.
+OUTSIDE = "outside the destination|symlink"
+
+CASES = [
+    Case("absolute-path", ESCAPES, lambda local, outside: [file(str(outside / "pwned"))]),
+    Case("dotdot-path", ESCAPES, lambda local, outside: [
+        file(_rel(outside / "pwned", local))]),
+    Case("symlink-absolute", SYMLINK, lambda local, outside: [
+        symlink("evil", str(outside)), file("evil/pwned")]),
+    Case("symlink-relative", SYMLINK, lambda local, outside: [
+        directory("sub"), symlink("sub/evil", _rel(outside, local / "sub")),
+        file("sub/evil/pwned")]),
+    Case("hardlink-absolute", HARDLINK, lambda local, outside: [
+        hardlink("evil", str(outside / "secret")), file("evil")]),
+    Case("hardlink-relative", HARDLINK, lambda local, outside: [
+        hardlink("evil", _rel(outside / "secret", local)), file("evil")]),
+    Case("char-device", SPECIAL, lambda local, outside: [
+        special("null", tarfile.CHRTYPE, 1, 3)]),
+    Case("fifo", SPECIAL, lambda local, outside: [special("pipe", tarfile.FIFOTYPE)]),
+    # Through `out`, a symlink the local folder already has: only the disk can tell.
+    Case("through-local-symlink", OUTSIDE, lambda local, outside: [file("out/pwned")],
+         local_link="", upfront=False),
+    # Onto `out`, a local symlink to a file outside: writing `out` would follow it.
+    Case("onto-local-symlink", OUTSIDE, lambda local, outside: [file("out")],
+         local_link="secret", upfront=False),
+    # `a` -> `.` then `a/b` -> `..`: each link stays inside on paper, together they leave.
+    Case("symlink-chain", OUTSIDE, lambda local, outside: [
+        symlink("a", "."), symlink("a/b", ".."), file(f"b/{outside.name}/pwned")],
+         upfront=False),
+    Case("path-max-symlinks", OUTSIDE, _path_max_bypass, upfront=False,
+         bypasses_data_filter=True),
+]
+
+# The releases whose os.path.realpath no longer stops resolving at PATH_MAX.
+_FIXED = {(3, 9): 23, (3, 10): 18, (3, 11): 13, (3, 12): 11, (3, 13): 4}
+DATA_FILTER_BYPASSABLE = sys.version_info[2] < _FIXED.get(sys.version_info[:2], 0)
+
+
+def params(nothing_extracted: bool = False) -> list[ParameterSet]:
+    """The cases as pytest parameters, with the known failures of runaway marked:
+    `nothing_extracted` when the test also requires that no entry at all was extracted."""
+    marked = []
+    for case in CASES:
+        marks = []
+        if case.upfront:
+            pass
+        elif case.bypasses_data_filter and DATA_FILTER_BYPASSABLE:
+            marks.append(pytest.mark.xfail(
+                strict=True, reason="safe_extract lets entries go through the archive's own "
+                "symlinks and trusts tarfile's data filter, which CVE-2025-4517 defeats"))
+        elif nothing_extracted:
+            marks.append(pytest.mark.xfail(
+                strict=True, reason="safe_extract refuses this archive only midway, after "
+                "extracting the entries before the hostile one"))
+        marked.append(pytest.param(case, id=case.id, marks=marks))
+    return marked
+
+
+def prepare(case: Case, local: Path, parent: Path) -> Path:
+    """Create `outside`, the sentinel folder in `parent`, and the local symlink of `case`."""
+    outside = parent / "sentinel"
+    outside.mkdir()
+    (outside / "secret").write_text(SECRET)
+    if case.local_link is not None:
+        (local / "out").symlink_to(outside / case.local_link)
+    return outside
+
+
+def assert_untouched(outside: Path) -> None:
+    written = sorted(set(os.listdir(outside)) - {"secret"})
+    assert not written, f"written outside the local folder: {outside}/{written}"
+    secret = (outside / "secret").read_text()
+    assert secret == SECRET, f"overwritten outside the local folder: {outside}/secret={secret!r}"
