@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import io
 import os
+import posixpath
+import shutil
 import stat
 import tarfile
 from collections.abc import Iterator
@@ -92,46 +94,95 @@ def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def safe_extract(data: bytes, target: Path) -> list[str]:
-    """Extract `data` into `target`, refusing the whole archive if any entry could write
-    outside it; returns the names of the regular files extracted."""
+    """Extract `data` into `target`; returns the regular files written.
+
+    Every entry is checked before anything is written, and the whole archive is refused
+    if one could reach outside `target`: absolute or `..` paths, links whose target
+    resolves outside (through the archive's own symlinks and those already on disk),
+    paths that go through a symlink, and special files. Writing never follows a symlink.
+    tarfile's "data" filter is not relied on: it has been bypassed (CVE-2025-4517).
+    """
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             members = tar.getmembers()
+            links = {posixpath.normpath(m.name): m.linkname for m in members if m.issym()}
+            files = {posixpath.normpath(m.name) for m in members if m.isreg()}
             for member in members:
-                _check(member)
-            # The "data" filter checks again against the disk as each entry is written,
-            # which catches a path that climbs out through a symlink already in `target`.
-            tar.extractall(target, members=members, filter="data")
+                _check(member, links, files, target)
+            for member in members:
+                _write(tar, member, target)
     except (tarfile.TarError, OSError) as e:
         raise RunawayError(f"refused the fetched archive: {e}; nothing outside "
                            f"{target} was written", ExitCode.FETCH) from None
-    return [m.name for m in members if m.isreg()]
+    return [posixpath.normpath(m.name) for m in members if m.isreg()]
 
 
-def _check(member: tarfile.TarInfo) -> None:
+def _check(member: tarfile.TarInfo, links: dict[str, str], files: set[str],
+           target: Path) -> None:
     def refuse(why: str) -> tarfile.TarError:
         return tarfile.TarError(f"entry {member.name!r} {why}")
 
+    name = PurePosixPath(member.name)
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
         raise refuse("is a device, fifo or other special file")
-    if _escapes(PurePosixPath(member.name)):
+    if name.is_absolute() or ".." in name.parts:
         raise refuse("has an absolute path or '..'")
+    for parent in list(name.parents)[:-1]:
+        if str(parent) in links or (target / parent).is_symlink():
+            raise refuse(f"goes through the symlink {str(parent)!r}")
+    if not member.isdir() and (target / name).is_symlink() and not _resolves_inside(
+            name, {}, target):
+        raise refuse("would replace a local symlink pointing outside")
+    if member.issym() and not _resolves_inside(name.parent / member.linkname, links, target):
+        raise refuse(f"is a symlink pointing outside ({member.linkname!r})")
+    if member.islnk() and posixpath.normpath(member.linkname) not in files:
+        raise refuse(f"is a hard link to something else than a file of the archive "
+                     f"({member.linkname!r})")
+
+
+def _resolves_inside(path: PurePosixPath, links: dict[str, str], target: Path) -> bool:
+    """Resolve `path` (relative to target) as the kernel would once extracted."""
+    resolved: list[str] = []
+    pending = list(path.parts)
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "/":
+            return False
+        if part == "..":
+            if not resolved:
+                return False
+            resolved.pop()
+        elif part != ".":
+            resolved.append(part)
+            key = "/".join(resolved)
+            on_disk = target / key
+            link = links.get(key) or (os.readlink(on_disk) if on_disk.is_symlink() else None)
+            if link is not None:
+                hops += 1
+                if hops > 40:  # a loop, as the kernel's ELOOP
+                    return False
+                resolved.pop()
+                pending = list(PurePosixPath(link).parts) + pending
+    return True
+
+
+def _write(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    path = target / posixpath.normpath(member.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if member.isdir():
+        path.mkdir(exist_ok=True)
+        return
+    if path.is_symlink() or path.is_file():
+        path.unlink()  # replaced, never written through
     if member.issym():
-        target = PurePosixPath(member.name).parent / member.linkname
-        if PurePosixPath(member.linkname).is_absolute() or _escapes(target, lexical=True):
-            raise refuse(f"is a symlink pointing outside ({member.linkname!r})")
-    if member.islnk() and _escapes(PurePosixPath(member.linkname)):
-        raise refuse(f"is a hard link pointing outside ({member.linkname!r})")
-
-
-def _escapes(path: PurePosixPath, lexical: bool = False) -> bool:
-    if path.is_absolute():
-        return True
-    if not lexical:
-        return ".." in path.parts
-    depth = 0
-    for part in path.parts:
-        depth += -1 if part == ".." else 0 if part == "." else 1
-        if depth < 0:
-            return True
-    return False
+        os.symlink(member.linkname, path)
+    elif member.islnk():
+        os.link(target / posixpath.normpath(member.linkname), path, follow_symlinks=False)
+    else:
+        source = tar.extractfile(member)
+        assert source is not None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with source, os.fdopen(os.open(path, flags, member.mode & 0o755 | 0o600), "wb") as f:
+            shutil.copyfileobj(source, f)
+        os.utime(path, (member.mtime, member.mtime))

@@ -139,25 +139,41 @@ class Runaway:
         root = await self.root(host, profile)
         run_id = str(uuid.uuid4())
         folder = f"{root}/{run_id}"
-        uploaded = await self._send(host, root, package, run_id)
         env = {**job.environment, **_variables(profile, job, root, folder, run_id, package)}
+        command = _command(profile, env, f"{folder}/{script}", arguments)
         try:
-            code = await self._execute(host, profile, env, f"{folder}/{script}", arguments,
-                                       stdout, stderr)
+            uploaded, code = await self._start(host, root, package, run_id, command,
+                                               stdout, stderr)
         except asyncio.CancelledError:
             self._log("interrupted: the script was stopped; fetching and cleaning up")
-            await self._finish(host, root, package.digest, run_id, job)
+            try:
+                await self._finish(host, root, package.digest, run_id, job)
+            except RunawayError as e:
+                self._log(str(e))
             raise
         fetched = await self._finish(host, root, package.digest, run_id, job)
         return Outcome(run_id, code, folder, uploaded, tuple(fetched), time.monotonic() - start)
 
-    async def _send(self, host: Host, root: str, package: Pack, run_id: str) -> int:
-        done = await host.run(remote.prepare(root, package.digest, run_id))
-        if done.exit_code == 0:
-            self._log("the host already has this code: nothing uploaded")
-            return 0
-        if done.exit_code != remote.MISSING:
-            raise _host_error(f"cannot prepare the run folder in {root}", done)
+    async def _start(self, host: Host, root: str, package: Pack, run_id: str, command: str,
+                     stdout: Sink, stderr: Sink) -> tuple[int, int]:
+        """Run `command` in its run folder, uploading the code first if the host lacks it;
+        returns the bytes uploaded and the exit code."""
+        self._log(f"running {root}/{run_id} on {host.name}")
+        prepare = remote.prepare(root, package.digest, run_id)
+        done = await host.run(prepare + command, stdout=stdout, stderr=stderr, hold_stdin=True)
+        uploaded = 0
+        if done.signal == remote.MISSING:
+            uploaded = await self._upload(host, root, package, run_id)
+            done = await host.run(command, stdout=stdout, stderr=stderr, hold_stdin=True)
+        elif done.signal == remote.UNPREPARED:
+            raise RunawayError(f"cannot prepare the run folder {root}/{run_id} on {host.name} "
+                               "(see the message above)", ExitCode.HOST)
+        else:
+            self._log("the host already had this code: nothing uploaded")
+        self._log(f"the script exited with {done.exit_code}")
+        return uploaded, done.exit_code
+
+    async def _upload(self, host: Host, root: str, package: Pack, run_id: str) -> int:
         self._log(f"uploading {len(package.data)} bytes")
         done = await host.run(remote.upload(root, package.digest, run_id), stdin=package.data)
         if done.exit_code == remote.CORRUPT:
@@ -168,51 +184,38 @@ class Runaway:
                                f"{_last_line(done.stderr)}", ExitCode.SEND)
         return len(package.data)
 
-    async def _execute(self, host: Host, profile: Profile, env: dict[str, str], script: str,
-                       arguments: list[str], stdout: Sink, stderr: Sink) -> int:
-        def commands(section: tuple[str, ...]) -> list[str]:
-            return [remote.substitute(c, script, arguments) for c in section]
-
-        self._log(f"running {env['RUNAWAY_PWD']} on {host.name}")
-        command = remote.execute(env["RUNAWAY_PWD"], env, commands(profile.before_execution),
-                                 commands(profile.execution), commands(profile.after_execution))
-        done = await host.run(command, stdout=stdout, stderr=stderr)
-        self._log(f"the script exited with {done.exit_code}")
-        return done.exit_code
-
     async def _finish(self, host: Host, root: str, digest: str, run_id: str,
                       job: Job) -> list[str]:
+        """Fetch the results, and clean up the host once they are safe on this side."""
         folder = f"{root}/{run_id}"
-        try:
-            fetched = await self._fetch(host, folder, job.folder)
-        except RunawayError as e:
+        listed = (job.folder / FETCH_IGNORE).exists()
+        paths = await self._fetch_list(host, folder, job.folder) if listed else b""
+        cleanup = remote.cleanup(root, digest, run_id, job.leave.value)
+        done = await host.run(remote.fetch_and_cleanup(folder, cleanup, listed), stdin=paths)
+        if done.exit_code not in (0, remote.CLEANUP_FAILED):
             # A run's results matter more than a tidy host: keep them where they are.
-            e.args = (f"{e.args[0]}; the run folder is kept on {host.name}:{folder}",)
+            raise RunawayError(f"cannot archive the results in {folder}: "
+                               f"{_last_line(done.stderr)}; the run folder is kept on "
+                               f"{host.name}:{folder}", ExitCode.FETCH)
+        try:
+            fetched = await asyncio.to_thread(safe_extract, done.stdout, job.folder)
+        except RunawayError as e:
+            e.args = (f"{e.args[0]}; the archive is kept as {_keep(done.stdout, run_id)}",)
             raise
         self._log(f"fetched {len(fetched)} files")
-        done = await host.run(remote.cleanup(root, digest, run_id, job.leave.value))
-        if done.exit_code != 0:
+        if done.exit_code == remote.CLEANUP_FAILED:
             raise _host_error(f"cannot clean up {folder}", done)
         return fetched
 
-    async def _fetch(self, host: Host, folder: str, local: Path) -> list[str]:
-        if not (local / FETCH_IGNORE).exists():
-            done = await host.run(remote.archive_changed(folder))
-        else:
-            listing = await host.run(remote.changed_files(folder))
-            if listing.exit_code != 0:
-                raise RunawayError(f"cannot list the results in {folder}: "
-                                   f"{_last_line(listing.stderr)}", ExitCode.FETCH)
-            spec = ignore_spec(local, FETCH_IGNORE)
-            names = [n for n in listing.stdout.split(b"\0")
-                     if n and not spec.match_file(os.fsdecode(n[2:]))]
-            if not names:
-                return []
-            done = await host.run(remote.archive_files(folder), stdin=b"\0".join(names))
-        if done.exit_code != 0:
-            raise RunawayError(f"cannot archive the results in {folder}: "
-                               f"{_last_line(done.stderr)}", ExitCode.FETCH)
-        return await asyncio.to_thread(safe_extract, done.stdout, local)
+    async def _fetch_list(self, host: Host, folder: str, local: Path) -> bytes:
+        """The changed files minus .fetchignore, NUL-separated, for `fetch_and_cleanup`."""
+        listing = await host.run(remote.changed_files(folder))
+        if listing.exit_code != 0:
+            raise RunawayError(f"cannot list the results in {folder}: "
+                               f"{_last_line(listing.stderr)}", ExitCode.FETCH)
+        spec = ignore_spec(local, FETCH_IGNORE)
+        return b"\0".join(n for n in listing.stdout.split(b"\0")
+                           if n and not spec.match_file(os.fsdecode(n[2:])))
 
     async def check(self, profile: Profile) -> list[tuple[str, str | None]]:
         """Try each step of a profile on its host: (step, None) when it works, else
@@ -248,6 +251,23 @@ def _script_path(job: Job) -> str:
         raise RunawayError(f"script {job.script!r} is not a file inside {folder}",
                            ExitCode.USAGE)
     return path.relative_to(folder).as_posix()
+
+
+def _command(profile: Profile, env: dict[str, str], script: str, arguments: list[str]) -> str:
+    def commands(section: tuple[str, ...]) -> list[str]:
+        return [remote.substitute(c, script, arguments) for c in section]
+
+    return remote.execute(env["RUNAWAY_PWD"], env, commands(profile.before_execution),
+                          commands(profile.execution), commands(profile.after_execution))
+
+
+def _keep(archive: bytes, run_id: str) -> Path:
+    """Save a fetched archive that was not extracted, since the host no longer has it."""
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "runaway"
+    path = folder / "refused" / f"{run_id}.tar"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(archive)
+    return path
 
 
 def _variables(profile: Profile, job: Job, root: str, folder: str, run_id: str,

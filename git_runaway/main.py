@@ -34,6 +34,7 @@ Exit codes: the script's own, or for runaway's failures: 2 command line,
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DocoptExit:
         return _fail("invalid command line; usage: git runaway [-v] [--leave=WHAT] PROFILE "
                      "SCRIPT [-- ARGS...] (see git runaway -h)", ExitCode.USAGE)
+    # asyncio logs every write to a lost connection; runaway says it once, in one line.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         return _dispatch(args, Path.cwd())
     except RunawayError as e:

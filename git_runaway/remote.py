@@ -18,8 +18,13 @@ from collections.abc import Mapping
 
 from git_runaway.archive import MTIME
 
-MISSING = 100  # exit code of `prepare` when the archive is not on the host yet
+# `prepare` runs in front of the script, whose exit code can be anything: it reports by
+# killing its own shell with a signal instead, which no exit code can be mistaken for.
+MISSING = "USR2"  # the archive is not on the host yet
+UNPREPARED = "USR1"  # the run folder could not be made (its stderr says why)
 CORRUPT = 101  # exit code of `upload` when the uploaded bytes do not match the hash
+FETCH_FAILED = 102  # exit codes of `fetch_and_cleanup`
+CLEANUP_FAILED = 103
 
 _LOCK = "exec 9>.lock && flock 9"
 _STOP_GROUP = 'trap "" HUP INT TERM; kill -TERM 0 2>/dev/null; exit 143'
@@ -31,9 +36,11 @@ def resolve_root(host_directory: str) -> str:
 
 
 def prepare(root: str, digest: str, uuid: str) -> str:
-    """Mark this run as a user of the archive and extract it, or exit MISSING."""
-    return (f"cd {q(root)} && {_LOCK} && {{ test -f {digest}.tar || exit {MISSING}; }}"
-            f" && {_mark(digest, uuid)} && flock -u 9 && {_extract(digest, uuid)}")
+    """Mark this run as a user of the archive and extract it, or die of MISSING; meant to
+    be followed by `execute` in the same command, to save a round trip."""
+    return (f"cd {q(root)} && {_LOCK} && {{ test -f {digest}.tar || kill -{MISSING} $$; }}"
+            f" && {_mark(digest, uuid)} && exec 9>&- && {_extract(digest, uuid)}"
+            f" || kill -{UNPREPARED} $$; ")
 
 
 def upload(root: str, digest: str, uuid: str) -> str:
@@ -43,7 +50,7 @@ def upload(root: str, digest: str, uuid: str) -> str:
             f"{{ echo '{digest}  {part}' | sha256sum -c --status"
             f" || {{ rm -f {part}; exit {CORRUPT}; }}; }}"
             f" && {_LOCK} && mv -f {part} {digest}.tar && {_mark(digest, uuid)}"
-            f" && flock -u 9 && {_extract(digest, uuid)}")
+            f" && exec 9>&- && {_extract(digest, uuid)}")
 
 
 def _mark(digest: str, uuid: str) -> str:
@@ -61,15 +68,18 @@ def execute(run_folder: str, env: Mapping[str, str], before: list[str], executio
     `after` runs whatever happened before it, and the exit code is the first failure of
     `before` or else `execution`'s; `export` and `cd` carry from one section to the next.
     The commands run in a background subshell so that the trap can stop the whole process
-    group at once when runaway is interrupted or the connection drops (sshd sends HUP); a
+    group at once when runaway is interrupted or the connection drops; a
     trap would wait for a foreground command to end.
     """
     exports = "".join(f"export {k}={q(v)}; " for k, v in sorted(env.items()))
     # An EXIT trap, so that `after` also runs when a `before` command calls `exit`.
     body = f"trap {q(_all(after))} EXIT; {_all(before)} && {_all(execution)}"
+    # Without a pty sshd sends no HUP when the connection drops, so a watcher waits for
+    # the end of stdin, which runaway holds open until the run ends, and raises the HUP.
+    watcher = "exec 3<&0; { cat <&3; kill -HUP $$; } >/dev/null 2>&1 & w=$!; "
     return (f"cd {q(run_folder)} || exit 1; {exports}"
-            f"trap {q(_STOP_GROUP)} HUP INT TERM; "
-            f"( {body} ) & wait $!")
+            f"trap {q(_STOP_GROUP)} HUP INT TERM; {watcher}"
+            f"( {body} ) 3<&- & wait $!; rc=$?; kill $w 2>/dev/null; exit $rc")
 
 
 def _all(commands: list[str]) -> str:
@@ -87,22 +97,26 @@ def changed_files(run_folder: str) -> str:
             f" \\( -newermt @{MTIME} -o ! -newermt @{MTIME - 1} \\) -print0")
 
 
-def archive_files(run_folder: str) -> str:
-    """Write a tar of the NUL-separated paths read on stdin to stdout."""
-    return f"cd {q(run_folder)} && tar --null --no-recursion -T - -cf -"
-
-
-def archive_changed(run_folder: str) -> str:
-    """`changed_files` piped into `archive_files`, in one round trip."""
-    return f"{changed_files(run_folder)} | tar --null --no-recursion -T - -cf -"
+def fetch_and_cleanup(run_folder: str, cleanup: str, listed: bool) -> str:
+    """Write a tar of the run's output to stdout, then `cleanup` if that worked. The paths
+    are the `changed_files`, or when `listed` the NUL-separated ones read on stdin."""
+    paths = "cat" if listed else changed_files(run_folder)
+    return (f"{{ {paths} | {{ cd {q(run_folder)} && tar --null --no-recursion -T - -cf -; }};"
+            f" }} || exit {FETCH_FAILED}; {cleanup} || exit {CLEANUP_FAILED}")
 
 
 def cleanup(root: str, digest: str, uuid: str, leave: str) -> str:
-    remove_folder = f"rm -rf {uuid} && " if leave != "everything" else ""
-    remove_archive = (f" && {{ rmdir {digest}.users 2>/dev/null && rm -f {digest}.tar || :; }}"
-                      if leave == "nothing" else "")
-    return (f"cd {q(root)} && {remove_folder}{_LOCK} && rm -f {digest}.users/{uuid}"
-            f"{remove_archive}")
+    """Remove the run's marker (and folder, and the archive if it was the last user).
+
+    Only `nothing` may delete the archive, so only it needs the lock: removing a marker
+    alone cannot race with anything. Each program started costs ~2 ms on a host.
+    """
+    folder = "" if leave == "everything" else f" {uuid}"
+    done = f"cd {q(root)} && rm -rf{folder} {digest}.users/{uuid}"
+    if leave != "nothing":
+        return done
+    last_user = f"rmdir {digest}.users 2>/dev/null && rm -f {digest}.tar"
+    return f"{done} && {_LOCK} && {{ {last_user} || :; }}"
 
 
 def substitute(command: str, script: str, arguments: list[str]) -> str:

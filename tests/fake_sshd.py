@@ -173,8 +173,10 @@ class FakeSshd:
             start_new_session=True)  # like sshd: the session leads its own process group
         self._children.add(child)
         drop = asyncio.Event()
+        # Like sshd, the exit status goes out when the child ends, whether or not the
+        # client has closed stdin (runaway holds it open during a run).
+        feeding = asyncio.create_task(self._relay_stdin(process, child, limit, drop))
         relays: asyncio.Future[Any] = asyncio.gather(
-            self._relay_stdin(process, child, limit, drop),
             _relay(child.stdout, process.stdout), _relay(child.stderr, process.stderr))
         timer = asyncio.create_task(_set_after(drop, delay))
         dropped: asyncio.Future[Any] = asyncio.create_task(drop.wait())
@@ -184,8 +186,11 @@ class FakeSshd:
                 self.drops += 1
                 process.get_extra_info("connection").abort()
                 relays.cancel()
+                feeding.cancel()
                 with contextlib.suppress(BaseException):
                     await relays
+                with contextlib.suppress(BaseException):
+                    await feeding
                 if limit is not None and faults.upload_child == "kill":
                     _kill_group(child)
                 _close_pipes(child)  # EOF on stdin, EPIPE on the next write, like sshd
@@ -193,6 +198,9 @@ class FakeSshd:
                 return
             await relays
             code = await child.wait()
+            feeding.cancel()
+            with contextlib.suppress(BaseException):
+                await feeding
             if code < 0:
                 process.exit_with_signal(signal.Signals(-code).name[3:])
             else:

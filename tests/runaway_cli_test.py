@@ -280,3 +280,17 @@ def test_help_through_git(work: Path):
 def test_expegit_is_installed(work: Path):
     done = subprocess.run(["git", "expegit"], cwd=work, capture_output=True, text=True)
     assert (done.returncode, done.stderr) == (1, "expegit: not built yet; see `git expegit -h`\n")
+
+
+def test_a_vanished_runaway_stops_the_remote_script(target: Target, work: Path):
+    token = f"{time.time() % 1000:.6f}"
+    script(work, "run.sh", f"echo started; sleep 1{token}; echo finished > finished.txt\n")
+    process = subprocess.Popen(["git-runaway", target.profile, "run.sh"], cwd=work,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "started\n"
+    process.kill()  # no chance to clean up: the host must notice by itself
+    process.wait()
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-f", f"sleep 1{token}"]).returncode == 0:
+        assert time.monotonic() < deadline, "the remote script outlived runaway"
+        time.sleep(0.1)

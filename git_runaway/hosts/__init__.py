@@ -8,6 +8,7 @@ primitive, so the built-in `local` profile goes through exactly the same steps a
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Callable
 from typing import Protocol
 
@@ -19,6 +20,7 @@ class Completed:
     exit_code: int
     stdout: bytes  # empty when streamed to a sink
     stderr: bytes
+    signal: str | None = None  # "TERM", "USR2"...: the command was killed by this signal
 
 
 class Host(Protocol):
@@ -26,12 +28,15 @@ class Host(Protocol):
     alive: bool  # False once the connection is lost: the next run reconnects
 
     async def run(self, command: str, stdin: bytes = b"", stdout: Sink | None = None,
-                  stderr: Sink | None = None) -> Completed:
-        """Run `command` in a shell. When the caller is cancelled, the command's process
-        group is sent SIGTERM before the cancellation goes on."""
+                  stderr: Sink | None = None, hold_stdin: bool = False) -> Completed:
+        """Run `command` in a shell. With `hold_stdin`, its stdin stays open until it ends,
+        so that it can tell when runaway goes away. When the caller is cancelled, the
+        command's process group is sent SIGTERM before the cancellation goes on."""
 
     async def close(self) -> None: ...
 
 
-def signal_exit_code(signal_number: int) -> int:
-    return 128 + signal_number  # what a shell reports for a process killed by a signal
+def killed(signal_name: str, stdout: bytes, stderr: bytes) -> Completed:
+    """What a shell reports for a process killed by a signal: 128 + its number."""
+    number = getattr(signal, f"SIG{signal_name}", signal.SIGTERM)
+    return Completed(128 + number, stdout, stderr, signal_name)

@@ -9,6 +9,7 @@ import signal
 
 from git_runaway.hosts import Completed
 from git_runaway.hosts import Sink
+from git_runaway.hosts import killed
 
 
 class LocalHost:
@@ -16,7 +17,7 @@ class LocalHost:
     alive = True
 
     async def run(self, command: str, stdin: bytes = b"", stdout: Sink | None = None,
-                  stderr: Sink | None = None) -> Completed:
+                  stderr: Sink | None = None, hold_stdin: bool = False) -> Completed:
         pipe = asyncio.subprocess.PIPE
         process = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command, stdin=pipe, stdout=pipe, stderr=pipe,
@@ -25,15 +26,19 @@ class LocalHost:
         try:
             out, err, _ = await asyncio.gather(
                 _read(process.stdout, stdout), _read(process.stderr, stderr),
-                _write(process.stdin, stdin),
+                _write(process.stdin, stdin, hold_stdin),
             )
             code = await process.wait()
+            assert process.stdin is not None
+            process.stdin.close()
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)  # the shell's trap stops its group
             await asyncio.shield(process.wait())
             raise
-        return Completed(code if code >= 0 else 128 - code, out, err)
+        if code < 0:
+            return killed(signal.Signals(-code).name.removeprefix("SIG"), out, err)
+        return Completed(code, out, err)
 
     async def close(self) -> None:
         pass
@@ -48,10 +53,11 @@ async def _read(stream: asyncio.StreamReader | None, sink: Sink | None) -> bytes
     return b""
 
 
-async def _write(stream: asyncio.StreamWriter | None, data: bytes) -> None:
+async def _write(stream: asyncio.StreamWriter | None, data: bytes, hold: bool) -> None:
     assert stream is not None
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         if data:
             stream.write(data)
             await stream.drain()
-        stream.close()
+        if not hold:
+            stream.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 
 import asyncssh
 
@@ -16,7 +15,7 @@ from git_runaway.errors import ExitCode
 from git_runaway.errors import RunawayError
 from git_runaway.hosts import Completed
 from git_runaway.hosts import Sink
-from git_runaway.hosts import signal_exit_code
+from git_runaway.hosts import killed
 
 CHANNELS = 10
 TERMINATE_GRACE = 5.0  # seconds the remote trap gets to stop the process group
@@ -50,29 +49,28 @@ class SshHost:
         return cls(alias, connection)
 
     async def run(self, command: str, stdin: bytes = b"", stdout: Sink | None = None,
-                  stderr: Sink | None = None) -> Completed:
+                  stderr: Sink | None = None, hold_stdin: bool = False) -> Completed:
         async with self._channels:
             try:
-                return await self._run(command, stdin, stdout, stderr)
+                return await self._run(command, stdin, stdout, stderr, hold_stdin)
             except (OSError, asyncssh.Error) as e:
                 self.alive = False
                 raise RunawayError(f"connection to {self.name!r} lost: {_reason(e)}",
                                    ExitCode.CONNECTION) from None
 
     async def _run(self, command: str, stdin: bytes, stdout: Sink | None,
-                   stderr: Sink | None) -> Completed:
+                   stderr: Sink | None, hold_stdin: bool) -> Completed:
         process = await self._connection.create_process(command, encoding=None)
         try:
             out, err, _ = await asyncio.gather(
                 _read(process.stdout, stdout), _read(process.stderr, stderr),
-                _write(process.stdin, stdin))
+                _write(process.stdin, stdin, hold_stdin))
             result = await process.wait(check=False)
         except asyncio.CancelledError:
             await asyncio.shield(_terminate(process))
             raise
         if result.exit_signal:
-            number = getattr(signal, f"SIG{result.exit_signal[0]}", signal.SIGTERM)
-            return Completed(signal_exit_code(number), out, err)
+            return killed(result.exit_signal[0], out, err)
         if result.exit_status is None:
             raise asyncssh.ConnectionLost("the channel closed without an exit status")
         return Completed(result.exit_status, out, err)
@@ -100,11 +98,12 @@ async def _read(stream: asyncssh.SSHReader[bytes], sink: Sink | None) -> bytes:
     return b""
 
 
-async def _write(stream: asyncssh.SSHWriter[bytes], data: bytes) -> None:
+async def _write(stream: asyncssh.SSHWriter[bytes], data: bytes, hold: bool) -> None:
     if data:
         stream.write(data)
         await stream.drain()
-    stream.write_eof()
+    if not hold:
+        stream.write_eof()
 
 
 def _reason(error: BaseException) -> str:
