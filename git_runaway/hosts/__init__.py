@@ -36,6 +36,19 @@ class Host(Protocol):
     async def close(self) -> None: ...
 
 
+class Readable(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def read(stream: Readable, sink: Sink | None) -> bytes:
+    """All of `stream`, or, with a sink, each chunk to it as it arrives (and b"")."""
+    if sink is None:
+        return await stream.read()
+    while chunk := await stream.read(65536):
+        sink(chunk)
+    return b""
+
+
 def killed(signal_name: str, stdout: bytes, stderr: bytes) -> Completed:
     """What a shell reports for a process killed by a signal: 128 + its number."""
     number = getattr(signal, f"SIG{signal_name}", signal.SIGTERM)

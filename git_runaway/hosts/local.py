@@ -10,6 +10,7 @@ import signal
 from git_runaway.hosts import Completed
 from git_runaway.hosts import Sink
 from git_runaway.hosts import killed
+from git_runaway.hosts import read
 
 
 class LocalHost:
@@ -25,7 +26,7 @@ class LocalHost:
         )
         try:
             out, err, _ = await asyncio.gather(
-                _read(process.stdout, stdout), _read(process.stderr, stderr),
+                read(_stream(process.stdout), stdout), read(_stream(process.stderr), stderr),
                 _write(process.stdin, stdin, hold_stdin),
             )
             code = await process.wait()
@@ -44,15 +45,6 @@ class LocalHost:
         pass
 
 
-async def _read(stream: asyncio.StreamReader | None, sink: Sink | None) -> bytes:
-    assert stream is not None
-    if sink is None:
-        return await stream.read()
-    while chunk := await stream.read(65536):
-        sink(chunk)
-    return b""
-
-
 async def _write(stream: asyncio.StreamWriter | None, data: bytes, hold: bool) -> None:
     assert stream is not None
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -61,3 +53,8 @@ async def _write(stream: asyncio.StreamWriter | None, data: bytes, hold: bool) -
             await stream.drain()
         if not hold:
             stream.close()
+
+
+def _stream(stream: asyncio.StreamReader | None) -> asyncio.StreamReader:
+    assert stream is not None  # the pipes were asked for
+    return stream

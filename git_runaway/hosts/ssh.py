@@ -16,6 +16,7 @@ from git_runaway.errors import RunawayError
 from git_runaway.hosts import Completed
 from git_runaway.hosts import Sink
 from git_runaway.hosts import killed
+from git_runaway.hosts import read
 
 CHANNELS = 10
 TERMINATE_GRACE = 5.0  # seconds the remote trap gets to stop the process group
@@ -63,7 +64,7 @@ class SshHost:
         process = await self._connection.create_process(command, encoding=None)
         try:
             out, err, _ = await asyncio.gather(
-                _read(process.stdout, stdout), _read(process.stderr, stderr),
+                read(process.stdout, stdout), read(process.stderr, stderr),
                 _write(process.stdin, stdin, hold_stdin))
             result = await process.wait(check=False)
         except asyncio.CancelledError:
@@ -88,14 +89,6 @@ async def _terminate(process: asyncssh.SSHClientProcess[bytes]) -> None:
             await asyncio.wait_for(process.wait_closed(), TERMINATE_GRACE)
         except TimeoutError:
             process.close()
-
-
-async def _read(stream: asyncssh.SSHReader[bytes], sink: Sink | None) -> bytes:
-    if sink is None:
-        return await stream.read()
-    while chunk := await stream.read(65536):
-        sink(chunk)
-    return b""
 
 
 async def _write(stream: asyncssh.SSHWriter[bytes], data: bytes, hold: bool) -> None:
