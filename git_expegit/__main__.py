@@ -1,0 +1,3 @@
+from git_expegit.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""A campaign repository: where it is, its settings, its layout, and its one lock.
+
+Layout (the seed's, with one change): an execution lives in `excs/<2 hex>/<uuid>/`.
+The two-character fan-out, as in git's own object store, keeps every tree small, so a
+new execution rewrites three small trees instead of a 10,000-entry `excs/` tree.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NewType
+
+import pygit2
+import yaml
+
+from git_expegit.errors import ExitCode
+from git_expegit.errors import ExpegitError
+
+ExecutionId = NewType("ExecutionId", str)
+
+CONFIG = ".expegit.yml"
+EXPERIMENT = "xprp"
+EXECUTIONS = "excs"
+NOTES_REF = "refs/notes/expegit"
+CONFIG_KEYS = {"experiment": str, "layout": int}
+LAYOUT = 1
+
+
+@dataclass(frozen=True)
+class Campaign:
+    root: Path
+    repo: pygit2.Repository
+    experiment_url: str
+
+    @property
+    def state_dir(self) -> Path:
+        """Expegit's state outside git: caches, the lock; never in the work tree."""
+        path = Path(self.repo.path) / "expegit"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def branch(self) -> str:
+        if self.repo.head_is_detached:
+            raise ExpegitError("HEAD is detached: check out the campaign's branch "
+                               "(git switch main) and retry", ExitCode.CAMPAIGN)
+        return self.repo.lookup_reference("HEAD").target  # type: ignore[return-value]
+
+    def head(self) -> pygit2.Commit | None:
+        """The commit at the tip of the current branch, or None in an empty repository."""
+        target = self.repo.references.get(self.branch())
+        return None if target is None else self.repo[target.target].peel(pygit2.Commit)
+
+    def notes(self) -> pygit2.Commit | None:
+        ref = self.repo.references.get(NOTES_REF)
+        return None if ref is None else self.repo[ref.target].peel(pygit2.Commit)
+
+    def experiment(self) -> pygit2.Repository:
+        try:
+            return pygit2.Repository(str(self.root / EXPERIMENT))
+        except pygit2.GitError:
+            raise ExpegitError(f"the experiment submodule {EXPERIMENT}/ is missing: run "
+                               "git submodule update --init", ExitCode.CAMPAIGN) from None
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """All writes to the campaign go through this lock: CLI, hook, agent and web UI."""
+        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def folder(execution: ExecutionId) -> str:
+    """An execution's folder, relative to the campaign root."""
+    return f"{EXECUTIONS}/{execution[:2]}/{execution}"
+
+
+def find(cwd: Path) -> Campaign:
+    """The campaign enclosing `cwd`, like git finds its repository."""
+    path = pygit2.discover_repository(str(cwd))
+    repo = pygit2.Repository(path) if path else None
+    if repo is None or repo.workdir is None or not (Path(repo.workdir) / CONFIG).is_file():
+        raise ExpegitError(f"{cwd} is not in a campaign (no {CONFIG} at the root of its git "
+                           "repository): use git expegit init or git expegit clone",
+                           ExitCode.CAMPAIGN)
+    root = Path(repo.workdir)
+    return Campaign(root, repo, read_config(root / CONFIG)["experiment"])  # type: ignore[arg-type]
+
+
+def read_config(path: Path) -> dict[str, object]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ExpegitError(f"{path}: cannot read it: {str(e).splitlines()[0]}",
+                           ExitCode.CAMPAIGN) from None
+    if not isinstance(data, dict):
+        raise ExpegitError(f"{path}: expected keys {', '.join(CONFIG_KEYS)}",
+                           ExitCode.CAMPAIGN)
+    for key, value in data.items():
+        if key not in CONFIG_KEYS or not isinstance(value, CONFIG_KEYS[key]):
+            raise ExpegitError(f"{path}: bad key {key!r}; the keys are "
+                               f"{', '.join(CONFIG_KEYS)}", ExitCode.CAMPAIGN)
+    if "experiment" not in data:
+        raise ExpegitError(f"{path}: missing key 'experiment'", ExitCode.CAMPAIGN)
+    return data
+
+
+def write_config(path: Path, experiment_url: str) -> None:
+    path.write_text(yaml.safe_dump({"experiment": experiment_url, "layout": LAYOUT}))

@@ -1,0 +1,67 @@
+"""exec new, finish, exec reset and exec remove, as the user sees them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from git_expegit import campaign
+from git_expegit import catalog
+from git_expegit import executions
+from git_expegit import sweep
+from git_expegit import sync as syncing
+from git_expegit.commands.output import logger
+from git_expegit.commands.output import relative
+from git_expegit.errors import ExitCode
+from git_expegit.errors import ExpegitError
+
+
+def new(cwd: Path, commit: str | None, params: list[str], expression: str | None,
+        repeat: int, profile: str | None, dry_run: bool, push: bool, verbose: bool) -> int:
+    if repeat < 1:
+        raise ExpegitError("--repeat needs a number of at least 1", ExitCode.USAGE)
+    strings = [" ".join(params)] * repeat if expression is None else _expand(expression, repeat)
+    if dry_run:
+        print("\n".join(strings))
+        return 0
+    found = campaign.find(cwd)
+    full = executions.experiment_commit(found, commit)
+    if push:
+        syncing.fetch(found)
+    ids = executions.create(found, full, strings, profile, place_code=expression is None)
+    logger(verbose)(f"created {len(ids)} execution(s) of {full[:12]}")
+    for execution in ids:
+        print(relative(found.root / campaign.folder(execution), cwd))
+    if push:
+        syncing.sync(found)
+    return 0
+
+
+def _expand(expression: str, repeat: int) -> list[str]:
+    try:
+        return sweep.expand(expression, repeat)
+    except sweep.SweepError as e:
+        raise ExpegitError(f"bad --sweep expression at {e}", ExitCode.INPUT) from None
+
+
+def finish(cwd: Path, prefix: str, exit_code: int | None, push: bool, verbose: bool) -> int:
+    found = campaign.find(cwd)
+    execution = catalog.resolve(found, prefix)
+    if push:
+        syncing.fetch(found)
+    executions.finish(found, execution, exit_code)
+    logger(verbose)(f"finished {execution.id}")
+    if push:
+        syncing.sync(found)
+    return 0
+
+
+def reset_or_remove(cwd: Path, prefix: str, remove: bool, push: bool, verbose: bool) -> int:
+    found = campaign.find(cwd)
+    execution = catalog.resolve(found, prefix)
+    if push:
+        syncing.fetch(found)
+    (executions.remove if remove else executions.reset)(found, execution)
+    logger(verbose)(f"{'removed' if remove else 'reset'} {execution.id}")
+    if push:
+        syncing.sync(found)
+    return 0

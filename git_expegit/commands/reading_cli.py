@@ -1,0 +1,96 @@
+"""exec params, status, list and show: reading the catalog."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pygit2
+
+from git_expegit import campaign
+from git_expegit import catalog
+from git_expegit.catalog import Execution
+from git_expegit.errors import ExitCode
+from git_expegit.errors import ExpegitError
+
+
+def params(cwd: Path, prefix: str) -> int:
+    print(catalog.resolve(campaign.find(cwd), prefix).parameters)
+    return 0
+
+
+def status(cwd: Path) -> int:
+    counts = Counter(e.state for e in catalog.executions(campaign.find(cwd)))
+    for state in catalog.STATES:
+        print(f"{state:<9} {counts.get(state, 0)}")
+    print(f"{'total':<9} {sum(counts.values())}")
+    return 0
+
+
+def list_executions(cwd: Path, state: str | None, profile: str | None, grep: str | None,
+                    commit: str | None, form: str) -> int:
+    if state is not None and state not in catalog.STATES:
+        raise ExpegitError(f"unknown state {state!r}: use one of {', '.join(catalog.STATES)}",
+                           ExitCode.USAGE)
+    if form not in ("table", "json"):
+        raise ExpegitError(f"unknown format {form!r}: use table or json", ExitCode.USAGE)
+    chosen = [e for e in catalog.executions(campaign.find(cwd))
+              if (state is None or e.state == state)
+              and (profile is None or e.profile == profile)
+              and (grep is None or grep in e.parameters)
+              and (commit is None or e.commit.startswith(commit.lower()))]
+    if form == "json":
+        print(json.dumps([e.as_json() for e in chosen], indent=1))
+    else:
+        print("\n".join(_row(e) for e in chosen))
+    return 0
+
+
+def _row(e: Execution) -> str:
+    return (f"{e.id[:8]}  {e.state:<8}  {e.commit[:7]}  {e.profile or '-':<8}  "
+            f"{e.field('exit') or '-':>4}  {e.parameters}")
+
+
+def show(cwd: Path, prefix: str) -> int:
+    found = campaign.find(cwd)
+    e = catalog.resolve(found, prefix)
+    print(f"execution   {e.id}\nstate       {e.state}\ncommit      {e.commit}\n"
+          f"parameters  {e.parameters}\nprofile     {e.profile or '-'}\n"
+          f"folder      {campaign.folder(e.id)}\n\nlife:")
+    print("\n".join(f"  {line}" for line in e.log))
+    print("\nfiles:")
+    for path, size in _files(found, campaign.folder(e.id)):
+        print(f"  {size:>10}  {path}")
+    return 0
+
+
+def _files(found: campaign.Campaign, folder: str) -> list[tuple[str, str]]:
+    """The files git holds for the execution; LFS files with their real size."""
+    head = found.head()
+    if head is None:
+        return []
+    tree = found.repo[head.tree[folder].id]
+    assert isinstance(tree, pygit2.Tree)
+    out: list[tuple[str, str]] = []
+    _walk(found.repo, tree, "", out)
+    return out
+
+
+def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str,
+          out: list[tuple[str, str]]) -> None:
+    for entry in tree:
+        path = prefix + (entry.name or "")
+        obj = repo[entry.id]
+        if isinstance(obj, pygit2.Tree):
+            _walk(repo, obj, path + "/", out)
+        elif isinstance(obj, pygit2.Blob):
+            out.append((path, _size(obj.data)))
+
+
+def _size(data: bytes) -> str:
+    if data.startswith(b"version https://git-lfs"):
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("size "):
+                return f"{line[5:]} (lfs)"
+    return str(len(data))

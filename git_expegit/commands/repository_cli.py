@@ -1,0 +1,52 @@
+"""init, clone, update-expe and sync, as the user sees them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from git_expegit import campaign
+from git_expegit import repository
+from git_expegit import sync as syncing
+from git_expegit.commands.output import logger
+from git_expegit.commands.output import relative
+
+
+def init(experiment_url: str, campaign_url: str | None, path: str | None, push: bool,
+         verbose: bool) -> int:
+    log = logger(verbose)
+    if path is None:
+        path = "." if campaign_url is None else repository.default_path(campaign_url)
+    target = Path(path).absolute()
+    made = repository.init(experiment_url, target, campaign_url)
+    log(f"campaign ready in {made.root} (experiment {experiment_url})")
+    if push and campaign_url is None:
+        syncing.sync(made)
+        log("pushed")
+    return 0
+
+
+def clone(url: str, path: str | None, verbose: bool) -> int:
+    target = Path(path or repository.default_path(url)).absolute()
+    made = repository.clone(url, target)
+    logger(verbose)(f"cloned {url} into {made.root}")
+    print(relative(made.root, Path.cwd()))
+    return 0
+
+
+def update_expe(cwd: Path, push: bool, verbose: bool) -> int:
+    found = campaign.find(cwd)
+    if push:
+        syncing.fetch(found)
+    newest = repository.update_experiment(found)
+    logger(verbose)("the experiment is already up to date" if newest is None
+                    else f"experiment pinned at {newest[:12]}")
+    if push:
+        syncing.sync(found)
+    return 0
+
+
+def sync(cwd: Path, verbose: bool) -> int:
+    report = syncing.sync(campaign.find(cwd))
+    logger(verbose)(f"synced: {report.received} commits received, pushed after "
+                    f"{report.tries} tries")
+    return 0

@@ -1,0 +1,300 @@
+"""Creating, finishing, resetting and removing executions: the write side.
+
+Every operation builds its commits and notes in memory (`ObjectStore`), writes them as
+one pack, then moves the branch and `refs/notes/expegit` together with a compare-and-swap,
+and only then brings the index and work tree along, as `git checkout` would. A failure
+before the refs move leaves nothing behind; the work tree is never touched behind the
+user's back.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+from git_expegit import git
+from git_expegit import notes
+from git_expegit.campaign import EXECUTIONS
+from git_expegit.campaign import EXPERIMENT
+from git_expegit.campaign import Campaign
+from git_expegit.campaign import ExecutionId
+from git_expegit.campaign import folder
+from git_expegit.catalog import Execution
+from git_expegit.errors import ExitCode
+from git_expegit.errors import ExpegitError
+from git_expegit.objects import BLOB
+from git_expegit.objects import EXECUTABLE
+from git_expegit.objects import LINK
+from git_expegit.objects import TREE
+from git_expegit.objects import Entry
+from git_expegit.objects import ObjectStore
+
+# Only the results are committed: data/ (data/lfs/ through Git LFS) and the logs.
+GITIGNORE = (b"# Added by git expegit: only results are committed; the code is dropped at "
+             b"finish.\n/*\n!/.gitignore\n!/data/\n!/stdout\n!/stderr\n")
+LFS_ATTRIBUTES = (b"* filter=lfs diff=lfs merge=lfs -text\n"
+                  b".gitattributes -filter -diff -merge text\n")
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+@dataclass
+class _Edit:
+    """An operation being built: the new branch tip and the notes to append."""
+
+    campaign: Campaign
+    store: ObjectStore
+    ident: str
+    head: pygit2.Commit
+    tip: pygit2.Oid
+    root: pygit2.Oid
+    texts: dict[str, str]
+
+    def set_folder(self, execution: ExecutionId, tree: pygit2.Oid | None) -> None:
+        """Put `tree` at the execution's folder, or remove the folder when None."""
+        store, bucket_name = self.store, execution[:2]
+        root = store.entries(self.root)
+        excs_old = root[EXECUTIONS].oid if EXECUTIONS in root else None
+        excs = store.entries(excs_old)
+        bucket_old = excs[bucket_name].oid if bucket_name in excs else None
+        bucket = store.entries(bucket_old)
+        if tree is None:
+            bucket.pop(execution, None)
+        else:
+            bucket[execution] = Entry(TREE, tree)
+        if bucket:
+            excs[bucket_name] = Entry(TREE, store.tree(bucket, base=bucket_old))
+        else:
+            excs.pop(bucket_name, None)
+        root[EXECUTIONS] = Entry(TREE, store.tree(excs, base=excs_old))
+        self.root = store.tree(root, base=self.root)
+
+    def commit(self, message: str) -> pygit2.Oid:
+        self.tip = self.store.commit(self.root, [self.tip], message, self.ident)
+        return self.tip
+
+    def log(self, creation: str, line: str) -> None:
+        if creation not in self.texts:
+            self.texts[creation] = notes.read(self.campaign.repo, _notes_tree(self.campaign),
+                                              creation)
+        self.texts[creation] += line
+
+    def publish(self, message: str, checkout: bool = True) -> None:
+        """Write the objects, move both refs at once, then bring the work tree along."""
+        campaign, store = self.campaign, self.store
+        old_notes = campaign.notes()
+        tree = notes.edit(store, None if old_notes is None else old_notes.tree_id, self.texts)
+        new_notes = notes.commit(store, tree, [] if old_notes is None else [old_notes.id],
+                                 self.ident, f"Notes added by 'git expegit {message}'")
+        store.write()
+        branch = campaign.branch()
+        moves = {branch: (str(self.head.id), str(self.tip)),
+                 "refs/notes/expegit": (None if old_notes is None else str(old_notes.id),
+                                        str(new_notes))}
+        git.update_refs(campaign.root, moves, f"expegit: {message}")
+        if not checkout:
+            return
+        try:
+            git.checkout_change(campaign.root, str(self.head.tree_id), str(self.root))
+        except ExpegitError:
+            git.update_refs(campaign.root, {ref: (new, old) for ref, (old, new) in moves.items()},
+                            f"expegit: undo {message}")
+            raise
+
+
+@contextmanager
+def editing(campaign: Campaign) -> Iterator[_Edit]:
+    """Hold the campaign's lock while an operation is built and published."""
+    with campaign.locked():
+        head = campaign.head()
+        if head is None:
+            raise ExpegitError("the campaign has no commit yet: run git expegit init",
+                               ExitCode.CAMPAIGN)
+        yield _Edit(campaign, ObjectStore(campaign.repo), git.ident(campaign.root), head,
+                    head.id, head.tree_id, {})
+
+
+def experiment_commit(campaign: Campaign, revision: str | None) -> str:
+    """The full id of an experiment commit: by default the one the campaign pins."""
+    if revision is None:
+        head = campaign.head()
+        if head is None or EXPERIMENT not in head.tree:
+            raise ExpegitError(f"the campaign has no {EXPERIMENT} submodule: run git expegit "
+                               "init", ExitCode.CAMPAIGN)
+        return str(head.tree[EXPERIMENT].id)
+    try:
+        return str(campaign.experiment().revparse_single(revision).peel(pygit2.Commit).id)
+    except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+        raise ExpegitError(f"unknown experiment commit {revision!r}: run git expegit "
+                           "update-expe to fetch the experiment's new commits",
+                           ExitCode.INPUT) from None
+
+
+def create(campaign: Campaign, commit: str, parameters: Sequence[str], profile: str | None,
+           place_code: bool = False) -> list[ExecutionId]:
+    """New executions of `commit`, one per parameter string, each created by its own commit,
+    all published at once."""
+    for text in parameters:
+        if "\n" in text or "\r" in text:
+            raise ExpegitError("parameters must fit on one line", ExitCode.INPUT)
+    generator = f"{getpass.getuser()}@{socket.gethostname()}"
+    batch = str(uuid.uuid4()) if len(parameters) > 1 else None
+    ids: list[ExecutionId] = []
+    with editing(campaign) as edit:
+        template = _template(edit.store)
+        for text in parameters:
+            execution = ExecutionId(str(uuid.uuid4()))
+            edit.set_folder(execution, template)
+            creation = edit.commit(_creation_message(execution, commit, text, profile))
+            edit.texts[str(creation)] = notes.event("created", by=generator, commit=commit[:12],
+                                                    batch=batch)
+            ids.append(execution)
+        edit.publish("exec new")
+        if place_code:
+            for execution in ids:
+                write_code(campaign, commit, campaign.root / folder(execution))
+    return ids
+
+
+def _creation_message(execution: ExecutionId, commit: str, parameters: str,
+                      profile: str | None) -> str:
+    trailers = [f"Expegit-Execution: {execution}", f"Expegit-Commit: {commit}",
+                f"Expegit-Parameters: {parameters.strip()}"]
+    if profile:
+        trailers.append(f"Expegit-Profile: {profile}")
+    return f"Create execution {execution[:8]}\n\n" + "\n".join(trailers) + "\n"
+
+
+def _template(store: ObjectStore) -> pygit2.Oid:
+    """The tree of a new execution, the same for all: .gitignore and data/lfs/."""
+    lfs = store.tree({".gitattributes": Entry(BLOB, store.blob(LFS_ATTRIBUTES))})
+    data = store.tree({"lfs": Entry(TREE, lfs)})
+    return store.tree({".gitignore": Entry(BLOB, store.blob(GITIGNORE)),
+                       "data": Entry(TREE, data)})
+
+
+def write_code(campaign: Campaign, commit: str, target: Path) -> None:
+    """Place the experiment's files at `commit` in an execution folder (git ignores them)."""
+    repo = campaign.experiment()
+    tree = repo[pygit2.Oid(hex=commit)].peel(pygit2.Tree)
+    _write_tree(repo, tree, target, top=True)
+
+
+def _write_tree(repo: pygit2.Repository, tree: pygit2.Tree, target: Path, top: bool) -> None:
+    for entry in tree:
+        name = entry.name or ""
+        if top and name in (".gitignore", "data"):
+            continue  # the execution's own files win over the experiment's
+        path = target / name
+        if entry.filemode == TREE:
+            path.mkdir(exist_ok=True)
+            subtree = repo[entry.id]
+            assert isinstance(subtree, pygit2.Tree)
+            _write_tree(repo, subtree, path, top=False)
+        elif entry.filemode in (BLOB, EXECUTABLE):
+            path.write_bytes(_blob(repo, entry.id))
+            path.chmod(0o755 if entry.filemode == EXECUTABLE else 0o644)
+        elif entry.filemode == LINK:
+            os.symlink(_blob(repo, entry.id), path)
+
+
+def _blob(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
+    blob = repo[oid]
+    assert isinstance(blob, pygit2.Blob)
+    return blob.data
+
+
+def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> None:
+    """Commit the execution's results (data/, data/lfs/ through LFS, the logs), record its
+    end in the notes, then drop the experiment code from its folder."""
+    if execution.state in ("finished", "failed"):
+        raise ExpegitError(f"execution {execution.id[:8]} is already {execution.state}: use "
+                           "git expegit exec reset to run it again", ExitCode.INPUT)
+    path = folder(execution.id)
+    git.require_lfs(campaign.root, _lfs_configured(campaign))
+    with editing(campaign) as edit:
+        _refuse_tracked_changes(campaign, path)
+        git.run(["-c", "filter.lfs.required=true", "add", "-A", "--", path], campaign.root,
+                what="adding the results")
+        try:
+            results = git.run(["write-tree", f"--prefix={path}/"], campaign.root).strip()
+            edit.set_folder(execution.id, pygit2.Oid(hex=results))
+            status = "finished" if exit_code in (0, None) else "failed"
+            edit.commit(f"Finish execution {execution.id[:8]}\n\n"
+                        f"Expegit-Execution: {execution.id}\nExpegit-Status: {status}\n"
+                        f"Expegit-Exit-Code: {'unknown' if exit_code is None else exit_code}\n")
+            edit.log(execution.creation, notes.event(status, exit=exit_code))
+            edit.publish("finish", checkout=False)
+        except BaseException:
+            git.run(["reset", "-q", "--", path], campaign.root)  # the index as it was
+            raise
+    _drop_code(campaign, path)
+
+
+def _refuse_tracked_changes(campaign: Campaign, path: str) -> None:
+    changed = git.run(["status", "--porcelain", "--untracked-files=no", "--", path],
+                      campaign.root).splitlines()
+    if changed:
+        raise ExpegitError(f"{path} has changes to files git tracks ({changed[0][3:]}): "
+                           f"commit or restore them (git restore --staged --worktree {path})",
+                           ExitCode.DIRTY)
+
+
+def _drop_code(campaign: Campaign, path: str) -> None:
+    """Remove what git does not track in the folder (the code), but never touch data/."""
+    git.run(["clean", "-d", "-x", "-f", "-q", "--", path, f":(exclude){path}/data"],
+            campaign.root)
+
+
+def _lfs_configured(campaign: Campaign) -> bool:
+    return "filter.lfs.process" in campaign.repo.config and (
+        Path(campaign.repo.path) / "hooks" / "pre-push").is_file()
+
+
+def reset(campaign: Campaign, execution: Execution) -> None:
+    """Make the execution new again: results and code are deleted, its log says so."""
+    path = folder(execution.id)
+    had_code = _has_code(campaign.root / path)
+    with editing(campaign) as edit:
+        edit.set_folder(execution.id, _template(edit.store))
+        edit.commit(f"Reset execution {execution.id[:8]}\n\n"
+                    f"Expegit-Execution: {execution.id}\nExpegit-Status: reset\n")
+        edit.log(execution.creation, notes.event("reset"))
+        edit.publish("exec reset")
+        _drop_code(campaign, path)
+        if had_code:
+            write_code(campaign, execution.commit, campaign.root / path)
+
+
+def _has_code(path: Path) -> bool:
+    return path.is_dir() and any(p.name not in (".gitignore", "data", "stdout", "stderr")
+                                 for p in path.iterdir())
+
+
+def remove(campaign: Campaign, execution: Execution) -> None:
+    """Delete the execution's folder; its history and log stay in git."""
+    path = folder(execution.id)
+    with editing(campaign) as edit:
+        edit.set_folder(execution.id, None)
+        edit.commit(f"Remove execution {execution.id[:8]}\n\n"
+                    f"Expegit-Execution: {execution.id}\nExpegit-Status: removed\n")
+        edit.log(execution.creation, notes.event("removed"))
+        edit.publish("exec remove")
+        shutil.rmtree(campaign.root / path, ignore_errors=True)
+        bucket = (campaign.root / path).parent
+        if bucket.is_dir() and not any(bucket.iterdir()):
+            bucket.rmdir()
+
+
+def _notes_tree(campaign: Campaign) -> pygit2.Tree | None:
+    commit = campaign.notes()
+    return None if commit is None else commit.tree

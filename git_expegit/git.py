@@ -1,0 +1,79 @@
+"""The git CLI, for what must go through it: pushes and fetches (credentials, the LFS
+pre-push hook), LFS filters, submodules, and updating the work tree and index safely.
+
+Objects and refs are built with pygit2 and `objects.py`; refs are moved here with
+`git update-ref --stdin`, a compare-and-swap transaction over several refs at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from collections.abc import Sequence
+from pathlib import Path
+
+from git_expegit.errors import ExitCode
+from git_expegit.errors import ExpegitError
+
+ZERO = "0" * 40
+# Submodules from local paths are refused by default since git 2.38.1; the user named the
+# experiment's address, so expegit allows it for its own submodule commands.
+FILE_PROTOCOL = ("-c", "protocol.file.allow=always")
+
+
+def run(args: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None,
+        input: bytes | None = None, code: ExitCode = ExitCode.GIT,
+        what: str | None = None) -> str:
+    """Run `git ARGS`; on failure raise an ExpegitError with git's last line of stderr."""
+    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True,
+                            env=None if env is None else {**os.environ, **env})
+    if result.returncode != 0:
+        raise ExpegitError(f"{what or 'git ' + args[0]} failed: {last_line(result.stderr)}",
+                           code)
+    return result.stdout.decode(errors="replace")
+
+
+def last_line(stderr: bytes) -> str:
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()
+             if line.strip() and not line.startswith("hint:")]
+    return lines[-1] if lines else "no message"
+
+
+def ident(cwd: Path) -> str:
+    """The committer identity and time as git would write them (config and GIT_* env)."""
+    return run(["var", "GIT_COMMITTER_IDENT"], cwd,
+               what="finding your git identity (set user.name and user.email)").strip()
+
+
+def update_refs(cwd: Path, moves: Mapping[str, tuple[str | None, str | None]],
+                message: str) -> None:
+    """Move refs all at once, each only if it still has its expected old value.
+
+    `moves` maps a ref to (old, new); None means "absent" (old) or "delete" (new).
+    """
+    lines = ["start"]
+    for ref, (old, new) in moves.items():
+        lines.append(f"update {ref} {new or ZERO} {old or ZERO}")
+    lines += ["prepare", "commit"]
+    run(["update-ref", "-m", message, "--stdin"], cwd, input="\n".join(lines).encode() + b"\n",
+        what="moving refs (someone changed the repository at the same time; retry)")
+
+
+def checkout_change(cwd: Path, old_tree: str, new_tree: str) -> None:
+    """Bring the index and the work tree from one tree to the other, as `git checkout` does:
+    only the paths that differ, and never over a local change."""
+    run(["read-tree", "-m", "-u", old_tree, new_tree], cwd,
+        what="updating the work tree (a local change is in the way)", code=ExitCode.DIRTY)
+
+
+def require_lfs(cwd: Path, configured: bool) -> None:
+    """Fail early, before anything is written, when git-lfs is missing; set up its filters
+    and hooks in this repository when they are not (`configured` says whether they are)."""
+    if shutil.which("git-lfs") is None:
+        raise ExpegitError("git-lfs is not installed: install it (e.g. apt-get install "
+                           "git-lfs) and retry", ExitCode.TOOLS)
+    if not configured:
+        run(["lfs", "install", "--local"], cwd, what="git lfs install --local",
+            code=ExitCode.TOOLS)

@@ -1,0 +1,157 @@
+"""Many clones, one remote, nothing lost: fetch, merge the branch and the notes, push.
+
+Executions live in disjoint folders, so merging the branch never conflicts on them; the
+branch is merged (never rebased), so every note stays attached to its commit. Notes are
+united line by line (cat_sort_uniq). The push moves the branch and the notes atomically
+and is retried from the fetch whenever another clone pushed first.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pygit2
+
+from git_expegit import git
+from git_expegit import notes
+from git_expegit.campaign import NOTES_REF
+from git_expegit.campaign import Campaign
+from git_expegit.errors import ExitCode
+from git_expegit.errors import ExpegitError
+from git_expegit.objects import ObjectStore
+
+REMOTE = "origin"
+REMOTE_NOTES = "refs/remote-notes/origin/expegit"
+TRIES = 30
+
+
+@dataclass(frozen=True)
+class Report:
+    received: int  # commits that came from the remote
+    tries: int
+
+
+def sync(campaign: Campaign, tries: int = TRIES) -> Report:
+    """Bring the remote's executions here and ours there; retry when another clone won."""
+    _require_remote(campaign)
+    git.require_lfs(campaign.root, "filter.lfs.process" in campaign.repo.config)
+    received = 0
+    with campaign.locked():
+        for attempt in range(1, tries + 1):
+            fetch(campaign)
+            received += _integrate(campaign)
+            if _push(campaign):
+                return Report(received, attempt)
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
+    raise ExpegitError(f"the remote kept moving: push rejected {tries} times; run git expegit "
+                       "sync again", ExitCode.REMOTE)
+
+
+def fetch(campaign: Campaign) -> None:
+    """Fetch the branch and the notes; nothing local moves, so a failure changes nothing."""
+    _require_remote(campaign)
+    git.run(["fetch", "--quiet", "--no-tags", REMOTE, f"+refs/heads/*:refs/remotes/{REMOTE}/*",
+             f"+{NOTES_REF}*:{REMOTE_NOTES}*"], campaign.root, code=ExitCode.REMOTE,
+            what=f"fetching from {REMOTE} (nothing was changed)")
+
+
+def _require_remote(campaign: Campaign) -> None:
+    if REMOTE not in campaign.repo.remotes.names():
+        raise ExpegitError(f"the campaign has no remote {REMOTE!r}: add one with git remote add "
+                           f"{REMOTE} URL", ExitCode.REMOTE)
+
+
+def _integrate(campaign: Campaign) -> int:
+    """Merge what was fetched into the branch and the notes; return the commits received."""
+    repo, head = campaign.repo, campaign.head()
+    branch = campaign.branch()
+    theirs_ref = repo.references.get(f"refs/remotes/{REMOTE}/{branch.removeprefix('refs/heads/')}")
+    notes_ref = repo.references.get(REMOTE_NOTES)
+    ours = None if head is None else head.id
+    theirs = None if theirs_ref is None else theirs_ref.target
+    ident = git.ident(campaign.root)
+    store = ObjectStore(repo)
+    new_tip = _merge_branch(campaign, ours, theirs, ident)
+    old_notes = campaign.notes()
+    old_notes_id = None if old_notes is None else old_notes.id
+    new_notes = notes.merge(store, repo, old_notes_id,
+                            None if notes_ref is None else notes_ref.target, ident)
+    if new_tip == ours and new_notes == old_notes_id:
+        return 0
+    store.write()
+    moves = {branch: (_hex(ours), _hex(new_tip)), NOTES_REF: (_hex(old_notes_id), _hex(new_notes))}
+    moves = {ref: move for ref, move in moves.items() if move[0] != move[1]}
+    git.update_refs(campaign.root, moves, "expegit: sync")
+    if new_tip != ours and new_tip is not None:
+        old_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904" if head is None else str(head.tree_id)
+        try:
+            git.checkout_change(campaign.root, old_tree, str(repo[new_tip].peel(pygit2.Tree).id))
+        except ExpegitError:
+            git.update_refs(campaign.root, {r: (n, o) for r, (o, n) in moves.items()},
+                            "expegit: undo sync")
+            raise
+    if ours is None or new_tip is None or new_tip == ours:
+        return 0
+    return sum(1 for _ in _new_commits(repo, new_tip, ours))
+
+
+def _new_commits(repo: pygit2.Repository, tip: pygit2.Oid, old: pygit2.Oid) -> pygit2.Walker:
+    walker = repo.walk(tip)
+    walker.hide(old)
+    return walker
+
+
+def _merge_branch(campaign: Campaign, ours: pygit2.Oid | None, theirs: pygit2.Oid | None,
+                  ident: str) -> pygit2.Oid | None:
+    repo = campaign.repo
+    if theirs is None or ours == theirs:
+        return ours
+    if ours is None or repo.descendant_of(theirs, ours):
+        return theirs
+    if repo.descendant_of(ours, theirs):
+        return ours
+    index = repo.merge_commits(ours, theirs)
+    if index.conflicts is not None:
+        name = next(e.path for entries in index.conflicts for e in entries if e is not None)
+        raise ExpegitError(f"sync: this clone and {REMOTE} both changed {name}; merge it by "
+                           f"hand (git merge {REMOTE}/main), then run git expegit sync",
+                           ExitCode.REMOTE)
+    tree = index.write_tree(repo)
+    name, email, when, offset = _parse_ident(ident)
+    signature = pygit2.Signature(name, email, when, offset)
+    return repo.create_commit(None, signature, signature,
+                              f"Merge executions from {REMOTE}\n", tree, [ours, theirs])
+
+
+def _parse_ident(ident: str) -> tuple[str, str, int, int]:
+    person, _, rest = ident.rpartition(">")
+    name, _, email = person.partition("<")
+    when, offset = rest.split()
+    minutes = int(offset[1:3]) * 60 + int(offset[3:5])
+    return name.strip(), email, int(when), -minutes if offset[0] == "-" else minutes
+
+
+def _push(campaign: Campaign) -> bool:
+    """Push the branch and the notes together; False when the remote moved first."""
+    branch = campaign.branch()
+    refspecs = [f"{branch}:{branch}"]
+    if campaign.notes() is not None:
+        refspecs.append(f"{NOTES_REF}:{NOTES_REF}")
+    result = subprocess.run(["git", "push", "--porcelain", "--atomic", "--quiet", REMOTE,
+                             *refspecs], cwd=campaign.root, capture_output=True)
+    if result.returncode == 0:
+        return True
+    out = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+    if any(word in out for word in ("[rejected]", "fetch first", "non-fast-forward",
+                                    "stale info", "failed to update ref", "atomic push failed",
+                                    "cannot lock ref")):
+        return False
+    raise ExpegitError(f"pushing to {REMOTE} failed: {git.last_line(result.stderr)}; your "
+                       "work is committed here: run git expegit sync later", ExitCode.REMOTE)
+
+
+def _hex(oid: pygit2.Oid | None) -> str | None:
+    return None if oid is None else str(oid)
