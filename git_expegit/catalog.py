@@ -79,8 +79,9 @@ def executions(campaign: Campaign) -> list[Execution]:
     result = []
     for eid, (creation, commit, parameters, profile) in cache.history.items():
         if eid in present:
-            log = cache.note(creation)
-            result.append(Execution(ExecutionId(eid), creation, commit, parameters, profile,
+            log = cache.note(str(creation))
+            result.append(Execution(ExecutionId(eid), str(creation), str(commit),
+                                    str(parameters), profile,
                                     tuple(line for line in log.splitlines() if line)))
     return result
 
@@ -159,21 +160,25 @@ class _Cache:
         tip = None if head is None else str(head.id)
         if tip == self.head:
             return False
-        walker = None if head is None else repo.walk(
-            head.id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE)
-        if walker is not None and self.head and _ancestor(repo, self.head, head):
-            walker.hide(pygit2.Oid(hex=self.head))
-        else:
+        if head is None or not (self.head and _ancestor(repo, self.head, head)):
             self.history = {}
-        for commit in walker or ():
-            trailers = commit.message_trailers
-            eid = trailers.get("Expegit-Execution")
-            if eid and "Expegit-Status" not in trailers:
-                self.history[eid] = [str(commit.id), trailers.get("Expegit-Commit", ""),
-                                     trailers.get("Expegit-Parameters", ""),
-                                     trailers.get("Expegit-Profile")]
+        if head is not None:
+            walker = repo.walk(head.id, pygit2.enums.SortMode.TOPOLOGICAL
+                               | pygit2.enums.SortMode.REVERSE)
+            if self.history and self.head:
+                walker.hide(pygit2.Oid(hex=self.head))
+            for commit in walker:
+                self._read(commit)
         self.head = tip
         return True
+
+    def _read(self, commit: pygit2.Commit) -> None:
+        trailers = commit.message_trailers
+        eid = trailers.get("Expegit-Execution")
+        if eid and "Expegit-Status" not in trailers:
+            self.history[eid] = [str(commit.id), trailers.get("Expegit-Commit", ""),
+                                 trailers.get("Expegit-Parameters", ""),
+                                 trailers.get("Expegit-Profile")]
 
     def update_notes(self, repo: pygit2.Repository, commit: pygit2.Commit | None) -> bool:
         tip = None if commit is None else str(commit.id)

@@ -71,14 +71,14 @@ def _integrate(campaign: Campaign) -> int:
     theirs_ref = repo.references.get(f"refs/remotes/{REMOTE}/{branch.removeprefix('refs/heads/')}")
     notes_ref = repo.references.get(REMOTE_NOTES)
     ours = None if head is None else head.id
-    theirs = None if theirs_ref is None else theirs_ref.target
+    theirs = None if theirs_ref is None else _oid(theirs_ref.target)
     ident = git.ident(campaign.root)
     store = ObjectStore(repo)
     new_tip = _merge_branch(campaign, ours, theirs, ident)
     old_notes = campaign.notes()
     old_notes_id = None if old_notes is None else old_notes.id
     new_notes = notes.merge(store, repo, old_notes_id,
-                            None if notes_ref is None else notes_ref.target, ident)
+                            None if notes_ref is None else _oid(notes_ref.target), ident)
     if new_tip == ours and new_notes == old_notes_id:
         return 0
     store.write()
@@ -151,6 +151,11 @@ def _push(campaign: Campaign) -> bool:
         return False
     raise ExpegitError(f"pushing to {REMOTE} failed: {git.last_line(result.stderr)}; your "
                        "work is committed here: run git expegit sync later", ExitCode.REMOTE)
+
+
+def _oid(target: pygit2.Oid | str) -> pygit2.Oid:
+    assert isinstance(target, pygit2.Oid), "a direct reference"
+    return target
 
 
 def _hex(oid: pygit2.Oid | None) -> str | None:

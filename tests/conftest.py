@@ -85,3 +85,58 @@ def ssh_user_home() -> Path:
     user = next(line.split()[1] for line in config.splitlines()
                 if line.strip().startswith("User "))
     return Path(pwd.getpwnam(user).pw_dir)
+
+
+def expegit(*args: str, cwd: Path, check: bool = True,
+            **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """The installed `git expegit`, through git; `check` asserts it succeeded."""
+    result = subprocess.run(["git", "expegit", *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=300, **kwargs)  # type: ignore[call-overload]
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result  # type: ignore[no-any-return]
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                          check=True).stdout
+
+
+RUN = """#!/bin/sh
+# The experiment: record the arguments, one plain result and one LFS result.
+mkdir -p data/lfs
+echo "$@" > data/arguments.txt
+printf 'big %s\\n' "$@" > data/lfs/weights.bin
+echo "ran with $@"
+"""
+
+
+@pytest.fixture
+def experiment(tmp_path: Path, home: Path) -> Path:
+    """A bare experiment repository whose `run` writes results, with one commit."""
+    work = tmp_path / "expe"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    script(work, "run", RUN.removeprefix("#!/bin/sh\n"))
+    (work / "model.py").write_text("print('model')\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "first version", cwd=work)
+    bare = tmp_path / "expe.git"
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=tmp_path)
+    return bare
+
+
+@pytest.fixture
+def campaign(tmp_path: Path, experiment: Path) -> Path:
+    """A campaign of `experiment`, with a bare remote campaign.git that it pushed to."""
+    expegit("init", str(experiment), str(tmp_path / "campaign.git"), str(tmp_path / "campaign"),
+            cwd=tmp_path)
+    return tmp_path / "campaign"
+
+
+def snapshot(repo: Path) -> tuple[str, str, str]:
+    """Everything an operation that failed must leave as it was: refs, index, work tree."""
+    refs = git("for-each-ref", "--format=%(refname) %(objectname)", cwd=repo)
+    index = git("ls-files", "--stage", cwd=repo)
+    status = git("status", "--porcelain", "--untracked-files=all", "--ignored", cwd=repo)
+    return refs, index, status

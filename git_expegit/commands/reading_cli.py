@@ -43,7 +43,8 @@ def list_executions(cwd: Path, state: str | None, profile: str | None, grep: str
     if form == "json":
         print(json.dumps([e.as_json() for e in chosen], indent=1))
     else:
-        print("\n".join(_row(e) for e in chosen))
+        for e in chosen:
+            print(_row(e))
     return 0
 
 

@@ -1,0 +1,154 @@
+"""git expegit init, clone and update-expe, and what is refused, on real git and git-lfs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import expegit
+from tests.conftest import git
+from tests.conftest import snapshot
+
+
+def test_init_makes_the_seed_layout_and_pushes_to_a_new_bare_remote(tmp_path: Path,
+                                                                    experiment: Path) -> None:
+    expegit("init", str(experiment), str(tmp_path / "c.git"), cwd=tmp_path)
+    root = tmp_path / "c"  # named after the campaign's address, as git clone does
+    assert yaml.safe_load((root / ".expegit.yml").read_text()) == {
+        "experiment": str(experiment), "layout": 1}
+    assert (root / "excs" / ".gitkeep").is_file()
+    assert (root / "xprp" / "run").is_file()
+    pinned = git("ls-tree", "HEAD", "xprp", cwd=root).split()
+    assert pinned[:2] == ["160000", "commit"]
+    assert pinned[2] == git("rev-parse", "main", cwd=experiment).strip()
+    assert git("config", "notes.rewriteRef", cwd=root).strip() == "refs/notes/expegit"
+    assert git("rev-parse", "main", cwd=tmp_path / "c.git") == git("rev-parse", "HEAD", cwd=root)
+    assert git("status", "--porcelain", cwd=root) == ""
+
+
+def test_init_in_an_existing_repository_keeps_its_history(tmp_path: Path,
+                                                          experiment: Path) -> None:
+    root = tmp_path / "mine"
+    root.mkdir()
+    git("init", "-q", "-b", "main", cwd=root)
+    (root / "notes.md").write_text("my notes\n")
+    git("add", ".", cwd=root)
+    git("commit", "-q", "-m", "mine", cwd=root)
+    expegit("init", str(experiment), cwd=root)
+    assert git("log", "--format=%s", cwd=root).splitlines() == ["Initialize campaign", "mine"]
+
+
+def test_init_twice_is_refused_and_changes_nothing(campaign: Path, experiment: Path) -> None:
+    before = snapshot(campaign)
+    result = expegit("init", str(experiment), cwd=campaign, check=False)
+    assert result.returncode == 3
+    assert result.stderr.strip().endswith("is already a campaign (.expegit.yml exists)")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(campaign) == before
+
+
+def test_init_with_an_unreachable_experiment_leaves_no_folder(tmp_path: Path) -> None:
+    result = expegit("init", str(tmp_path / "missing.git"), str(tmp_path / "c.git"),
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 4
+    assert result.stderr.startswith("expegit: reading the experiment at ")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.git").exists()
+
+
+def test_clone_brings_the_submodule_the_notes_and_lfs_files(tmp_path: Path,
+                                                            campaign: Path) -> None:
+    path = expegit("exec", "new", "--", "--lr", "0.1", cwd=campaign).stdout.strip()
+    run = campaign / path / "run"
+    assert run.is_file()
+    subprocess_run(campaign / path)
+    expegit("finish", "-p", Path(path).name[:8], "--exit-code", "0", cwd=campaign)
+    expegit("clone", str(tmp_path / "campaign.git"), "copy", cwd=tmp_path)
+    copy = tmp_path / "copy"
+    assert (copy / "xprp" / "run").is_file()
+    weights = copy / path / "data" / "lfs" / "weights.bin"
+    assert weights.read_text() == "big --lr\nbig 0.1\n"  # the real content, checked out
+    pointer = git("cat-file", "-p", f"HEAD:{path}/data/lfs/weights.bin", cwd=copy)
+    assert pointer.startswith("version https://git-lfs.github.com/spec/v1\n")
+    assert (copy / path / "data" / "arguments.txt").read_text() == "--lr 0.1\n"  # plain git
+    assert "finished exit=0" in git("notes", "--ref=expegit", "show",
+                                    _creation(copy, Path(path).name), cwd=copy)
+    assert expegit("list", cwd=copy).stdout.split()[1] == "finished"
+
+
+def subprocess_run(folder: Path) -> None:
+    """The seed's manual workflow: ./run $(git expegit exec params ID) > stdout."""
+    params = expegit("exec", "params", folder.name, cwd=folder).stdout.split()
+    with open(folder / "stdout", "w") as out:
+        subprocess.run(["./run", *params], cwd=folder, stdout=out, check=True)
+
+
+def _creation(repo: Path, execution: str) -> str:
+    return git("log", "--format=%H", f"--grep=Expegit-Execution: {execution}",
+               "--grep=Create execution", "--all-match", cwd=repo).strip()
+
+
+def test_clone_of_a_plain_repository_is_refused_and_leaves_nothing(tmp_path: Path,
+                                                                   experiment: Path) -> None:
+    result = expegit("clone", str(experiment), "copy", cwd=tmp_path, check=False)
+    assert result.returncode == 3
+    assert "is not a campaign (no .expegit.yml)" in result.stderr
+    assert not (tmp_path / "copy").exists()
+
+
+def test_commands_outside_a_campaign_say_so(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    git("init", "-q", cwd=plain)
+    for args in (["status"], ["list"], ["exec", "new"], ["sync"], ["show", "abcd"]):
+        result = expegit(*args, cwd=plain, check=False)
+        assert result.returncode == 3, args
+        assert result.stderr == (f"expegit: {plain} is not in a campaign (no .expegit.yml at "
+                                 "the root of its git repository): use git expegit init or git "
+                                 "expegit clone\n")
+
+
+def test_update_expe_pins_the_newest_experiment_commit(tmp_path: Path, campaign: Path,
+                                                       experiment: Path) -> None:
+    work = tmp_path / "expe"
+    (work / "model.py").write_text("print('model v2')\n")
+    git("commit", "-q", "-am", "second version", cwd=work)
+    git("push", "-q", str(experiment), "main", cwd=work)
+    newest = git("rev-parse", "HEAD", cwd=work).strip()
+    unknown = expegit("exec", "new", newest[:7], cwd=campaign, check=False)
+    assert unknown.returncode == 4
+    assert unknown.stderr == (f"expegit: unknown experiment commit {newest[:7]!r}: run git "
+                              "expegit update-expe to fetch the experiment's new commits\n")
+    expegit("update-expe", cwd=campaign)
+    assert git("ls-tree", "HEAD", "xprp", cwd=campaign).split()[2] == newest
+    assert git("status", "--porcelain", cwd=campaign) == ""
+    path = expegit("exec", "new", cwd=campaign).stdout.strip()
+    assert (campaign / path / "model.py").read_text() == "print('model v2')\n"
+    commits = git("log", "--format=%H", cwd=campaign)
+    expegit("update-expe", cwd=campaign)  # already there: no new commit
+    assert git("log", "--format=%H", cwd=campaign) == commits
+
+
+def test_without_git_lfs_finish_and_init_refuse_and_change_nothing(tmp_path: Path,
+                                                                   campaign: Path) -> None:
+    path = expegit("exec", "new", cwd=campaign).stdout.strip()
+    (campaign / path / "data" / "result.txt").write_text("42\n")
+    bin_dir = tmp_path / "bin"  # git and git-expegit, but no git-lfs
+    bin_dir.mkdir()
+    for tool in ("git", "git-expegit"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    env = {**os.environ, "PATH": str(bin_dir)}
+    before = snapshot(campaign)
+    result = expegit("finish", Path(path).name, cwd=campaign, check=False, env=env)
+    assert result.returncode == 5
+    assert result.stderr == ("expegit: git-lfs is not installed: install it (e.g. apt-get "
+                             "install git-lfs) and retry\n")
+    assert snapshot(campaign) == before
+    result = expegit("init", str(tmp_path / "expe.git"), "other", cwd=tmp_path, check=False,
+                     env=env)
+    assert result.returncode == 5 and not (tmp_path / "other").exists()
