@@ -118,15 +118,9 @@ def commit(store: ObjectStore, tree: pygit2.Oid, parents: list[pygit2.Oid], iden
     return store.commit(tree, parents, message + "\n", ident)
 
 
-def merge(store: ObjectStore, repo: pygit2.Repository, ours: pygit2.Oid | None,
-          theirs: pygit2.Oid | None, ident: str) -> pygit2.Oid | None:
-    """The notes commit that unites both sides (cat_sort_uniq), or one side if it has all."""
-    if theirs is None or ours == theirs:
-        return ours
-    if ours is None or repo.descendant_of(theirs, ours):
-        return theirs
-    if repo.descendant_of(ours, theirs):
-        return ours
+def merge(store: ObjectStore, repo: pygit2.Repository, ours: pygit2.Oid, theirs: pygit2.Oid,
+          ident: str) -> pygit2.Oid:
+    """A notes commit uniting two diverged notes histories (cat_sort_uniq)."""
     our_tree, their_tree = _tree(repo, ours), _tree(repo, theirs)
     mine, other = read_all(repo, our_tree), read_all(repo, their_tree)
     texts = {key: union(mine.get(key, ""), text) for key, text in other.items()

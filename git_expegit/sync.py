@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pygit2
@@ -74,11 +75,12 @@ def _integrate(campaign: Campaign) -> int:
     theirs = None if theirs_ref is None else _oid(theirs_ref.target)
     ident = git.ident(campaign.root)
     store = ObjectStore(repo)
-    new_tip = _merge_branch(campaign, ours, theirs, ident)
+    new_tip = _unite(repo, ours, theirs, lambda o, t: _merge_commits(repo, o, t, ident))
     old_notes = campaign.notes()
     old_notes_id = None if old_notes is None else old_notes.id
-    new_notes = notes.merge(store, repo, old_notes_id,
-                            None if notes_ref is None else _oid(notes_ref.target), ident)
+    their_notes = None if notes_ref is None else _oid(notes_ref.target)
+    new_notes = _unite(repo, old_notes_id, their_notes,
+                       lambda o, t: notes.merge(store, repo, o, t, ident))
     if new_tip == ours and new_notes == old_notes_id:
         return 0
     store.write()
@@ -104,15 +106,22 @@ def _new_commits(repo: pygit2.Repository, tip: pygit2.Oid, old: pygit2.Oid) -> p
     return walker
 
 
-def _merge_branch(campaign: Campaign, ours: pygit2.Oid | None, theirs: pygit2.Oid | None,
-                  ident: str) -> pygit2.Oid | None:
-    repo = campaign.repo
-    if theirs is None or ours == theirs:
+def _unite(repo: pygit2.Repository, ours: pygit2.Oid | None, theirs: pygit2.Oid | None,
+           merge: Callable[[pygit2.Oid, pygit2.Oid], pygit2.Oid]) -> pygit2.Oid | None:
+    """The tip holding both histories: one side's when it contains the other, else a merge."""
+    if ours is None or theirs is None:
+        return theirs if ours is None else ours
+    if ours == theirs or repo.descendant_of(ours, theirs):
         return ours
-    if ours is None or repo.descendant_of(theirs, ours):
+    if repo.descendant_of(theirs, ours):
         return theirs
-    if repo.descendant_of(ours, theirs):
-        return ours
+    return merge(ours, theirs)
+
+
+def _merge_commits(repo: pygit2.Repository, ours: pygit2.Oid, theirs: pygit2.Oid,
+                   ident: str) -> pygit2.Oid:
+    """A merge commit of the branch; executions live in disjoint folders, so a conflict
+    means two clones changed the same file, which a person must settle."""
     index = repo.merge_commits(ours, theirs)
     if index.conflicts is not None:
         name = next(e.path for entries in index.conflicts for e in entries if e is not None)
