@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import dataclasses
+import functools
 import os
 import platform
 import shutil
@@ -142,88 +144,113 @@ async def ours_throughput(folders: list[Path], host_directory: str, concurrency:
     return seconds, uploads
 
 
+# Each host command by what only it contains (see git_runaway/remote.py).
+STEPS = (("wait $!", "run: prepare + script"), ("cat > ", "upload"),
+         ("-cf -", "fetch + cleanup"), ("find . ", "list results (.fetchignore)"),
+         ("rmdir", "delete unused archives"), ("pwd -P", "resolve host_directory"))
+LOCAL = {"pack": "pack (local)", "safe_extract": "extract (local)"}
+REST = "rest of the client (Python, asyncssh)"
+COMMANDS = "host commands (count)"
+
+
 def classify(command: str) -> str:
-    if "trap '" in command:
-        return "run (execute)"
-    if "cat > " in command:
-        return "upload"
-    if "test -f" in command:
-        return "prepare"
-    if "find . " in command:
-        return "fetch (archive)"
-    if ".users/" in command and "rm -f" in command:
-        return "cleanup"
-    if "pwd -P" in command:
-        return "resolve root"
-    return "other"
+    return next((name for marker, name in STEPS if marker in command), "other")
+
+
+@dataclasses.dataclass
+class Sequential:
+    library: list[float]  # seconds of each execution through the library
+    bare: list[float]  # seconds of the bare script right after it
+    empty: list[float]  # seconds of `true`, the floor of any host command
+    steps: list[dict[str, float]]  # each execution's seconds per step (COMMANDS: a count)
+    close: float  # seconds of the session's close (deletes archives with --leave=nothing)
+    uploads: int
+
+    def per_execution(self) -> float:
+        """Mean library time, the session's close spread over the executions."""
+        return statistics.mean(self.library) + self.close / len(self.library)
+
+    def overhead(self) -> float:
+        return self.per_execution() - statistics.mean(self.bare)
 
 
 async def overhead(code: Path, folders: list[Path], host_directory: str, leave_name: str
-                   ) -> tuple[float, float, dict[str, list[float]]]:
-    """Per execution: (wall time through the library, sequentially, connection already open;
-    the bare script over the same connection; the time of each step of the library's runs)."""
+                   ) -> Sequential:
+    """N executions one after the other through the library, on a connection opened and
+    warmed up before, each followed by the bare script and an empty command over the same
+    connection: interleaved, so that the machine's drift weighs on all three alike."""
     profile = profile_for(host_directory)
     leave = Leave(leave_name)
-    steps: dict[str, list[float]] = defaultdict(list)
-    async with Runaway() as runaway:
-        host = await runaway.host(profile)
-        root = await runaway.root(host, profile)
-        # Warm up: the connection, host_directory and (with leave=code) the archive.
-        warm = folders[0].parent / "warm"
-        shutil.copytree(code, warm)
-        await runaway.run(profile, Job(warm, "run.sh", "0", leave), Sink(), Sink())
+    runaway = Runaway()
+    host = await runaway.host(profile)
+    root = await runaway.root(host, profile)
+    # Warm up the connection and host_directory, with other code than the timed runs': their
+    # first execution pays the upload of theirs, as without a warm-up.
+    warm = folders[0].parent / "warm"
+    shutil.copytree(code, warm)
+    (warm / "warm-up.txt").write_text("not the timed runs' code\n")
+    await runaway.run(profile, Job(warm, "run.sh", "0", leave), Sink(), Sink())
+    bare_dir = f"{root}/bare-{uuid.uuid4().hex[:8]}"
+    done = await host.run(f"mkdir -p {bare_dir} && cat > {bare_dir}/run.sh",
+                          stdin=SCRIPT.encode())
+    check(done.exit_code == 0, f"cannot set up {bare_dir}: {done.stderr!r}")
 
-        # Time each step: the host's commands, and the local pack and extract.
-        run_command = host.run
+    current: dict[str, float] = defaultdict(float)
+    run_command = host.run
 
-        async def timed_run(command: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def timed_run(command: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        try:
+            return await run_command(command, *args, **kwargs)
+        finally:
+            current[classify(command)] += time.perf_counter() - t
+            current[COMMANDS] += 1
+
+    def timed(name: str, function):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
             t = time.perf_counter()
             try:
-                return await run_command(command, *args, **kwargs)
+                return function(*args, **kwargs)
             finally:
-                steps[classify(command)].append(time.perf_counter() - t)
+                current[name] += time.perf_counter() - t
+        return wrapper
 
-        def timed(name: str, function):  # type: ignore[no-untyped-def]
-            def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-                t = time.perf_counter()
-                try:
-                    return function(*args, **kwargs)
-                finally:
-                    steps[name].append(time.perf_counter() - t)
-            return wrapper
-
-        wrapped = {"pack": "pack (local)", "safe_extract": "extract (local)"}
+    result = Sequential([], [], [], [], 0.0, 0)
+    for i, folder in enumerate(folders):
+        current.clear()
         host.run = timed_run  # type: ignore[method-assign]
-        for name, label in wrapped.items():  # the names execution.py imported from archive
+        for name, label in LOCAL.items():  # the names execution.py imported from archive
             setattr(execution, name, timed(label, getattr(archive, name)))
         try:
-            start = time.perf_counter()
-            for i, folder in enumerate(folders):
-                t = time.perf_counter()
-                outcome = await runaway.run(profile, Job(folder, "run.sh", str(i), leave),
-                                            Sink(), Sink())
-                steps["total"].append(time.perf_counter() - t)
-                check(outcome.exit_code == 0, f"sequential #{i}: exit {outcome.exit_code}")
-                verify(folder, i, "sequential")
-            library = (time.perf_counter() - start) / len(folders)
+            t = time.perf_counter()
+            outcome = await runaway.run(profile, Job(folder, "run.sh", str(i), leave),
+                                        Sink(), Sink())
+            result.library.append(time.perf_counter() - t)
         finally:
             host.run = run_command  # type: ignore[method-assign]
-            for name in wrapped:
+            for name in LOCAL:
                 setattr(execution, name, getattr(archive, name))
+        check(outcome.exit_code == 0, f"sequential #{i}: exit {outcome.exit_code}")
+        verify(folder, i, "sequential")
+        result.uploads += bool(outcome.uploaded)
+        timed_steps = sum(v for k, v in current.items() if k != COMMANDS)
+        result.steps.append({**current, "total": result.library[-1],
+                             REST: result.library[-1] - timed_steps})
 
-        # The bare script, on the same connection, once per execution.
-        bare_dir = f"{root}/bare-{uuid.uuid4().hex[:8]}"
-        done = await host.run(f"mkdir -p {bare_dir} && cat > {bare_dir}/run.sh",
-                              stdin=SCRIPT.encode())
-        check(done.exit_code == 0, f"cannot set up {bare_dir}: {done.stderr!r}")
-        start = time.perf_counter()
-        for i in range(len(folders)):
-            done = await host.run(f"cd {bare_dir} && sh run.sh {i}")
-            check(done.exit_code == 0, f"bare #{i}: exit {done.exit_code}")
-        bare = (time.perf_counter() - start) / len(folders)
-        done = await host.run(f"cat {bare_dir}/out.txt; rm -rf {bare_dir}")
-        check(done.stdout == f"{len(folders) - 1}\n".encode(), f"bare: out.txt {done.stdout!r}")
-    return library, bare, steps
+        t = time.perf_counter()
+        done = await host.run(f"cd {bare_dir} && sh run.sh {i}")
+        result.bare.append(time.perf_counter() - t)
+        check(done.exit_code == 0, f"bare #{i}: exit {done.exit_code}")
+        t = time.perf_counter()
+        await host.run("true")
+        result.empty.append(time.perf_counter() - t)
+
+    done = await host.run(f"cat {bare_dir}/out.txt; rm -rf {bare_dir}")
+    check(done.stdout == f"{len(folders) - 1}\n".encode(), f"bare: out.txt {done.stdout!r}")
+    t = time.perf_counter()
+    await runaway.close()
+    result.close = time.perf_counter() - t
+    return result
 
 
 async def p4(base: Path, code: Path, host_directory: str) -> tuple[int, int]:
@@ -306,7 +333,7 @@ def main() -> int:
     remote_base = f"bench-baseline/{tag}"
     load = os.getloadavg()[0]
     ours: dict[str, tuple[float, float, list[int]]] = {}
-    sequential: dict[str, tuple[float, float, dict[str, list[float]]]] = {}
+    sequential: dict[str, Sequential] = {}
     with tempfile.TemporaryDirectory(prefix="runaway-bench-") as tmp:
         base = Path(tmp)
         make_home(base, config)
@@ -321,6 +348,7 @@ def main() -> int:
                 ours[leave] = (seconds, (time.process_time() - cpu) / n, uploads)
             base_seconds = baseline(config, code, copies(code, base / "baseline", bn),
                                     remote_base, c)
+            overhead_load = os.getloadavg()[0]
             for leave in LEAVES:
                 sequential[leave] = asyncio.run(overhead(
                     code, copies(code, base / f"sequential-{leave}", n),
@@ -337,6 +365,22 @@ def main() -> int:
             subprocess.run(ssh_cmd(config, f"rm -rf {remote_ours} {remote_base}"),
                            capture_output=True, timeout=120)
 
+    ratio = print_throughput(ours, n, c, bn, base_seconds, load)
+    worst = print_overhead(sequential, n, overhead_load)
+    print("\n## P4: a second run of unchanged code (--leave=code)\n")
+    print("| run | uploaded bytes |")
+    print("|---|---:|")
+    print(f"| first, fresh host_directory | {p4_first} |")
+    print(f"| second, a fresh copy of the same code | {p4_second} |")
+    print(f"\nGoals: P3 throughput >= 10x baseline: {'met' if ratio >= 10 else 'MISSED'} "
+          f"(worst {ratio:.1f}x); P3 overhead <= 30 ms: {'met' if worst <= 30 else 'MISSED'} "
+          f"(worst {worst:.1f} ms); P4 second upload 0 bytes: met")
+    return 0
+
+
+def print_throughput(ours: dict[str, tuple[float, float, list[int]]], n: int, c: int,
+                     bn: int, base_seconds: float, load: float) -> float:
+    """Print P3's throughput table; returns the worst ratio to the baseline."""
     base_rate = bn / base_seconds
     print(f"\n## P3: throughput, {c} at a time ({date()}, nproc {os.cpu_count()}, "
           f"Python {platform.python_version()}, load average at start {load:.2f})\n")
@@ -350,38 +394,45 @@ def main() -> int:
               f"| {sum(1 for u in uploads if u)} uploads; includes connecting |")
     print(f"| baseline: ssh+scp, no sharing | {bn} | {base_seconds:.2f} | {base_rate:.1f} "
           f"| 1.0x | | 5 OpenSSH connections each |")
-    print(f"\n## P3: overhead per execution, sequential, connection open ({n} executions)\n")
+    return min(n / ours[leave][0] for leave in LEAVES) / base_rate
+
+
+def print_overhead(sequential: dict[str, Sequential], n: int, load: float) -> float:
+    """Print P3's overhead and step tables; returns the worst overhead in ms."""
+    def row(label: str, cell) -> None:  # type: ignore[no-untyped-def]
+        print(f"| {label} | " + " | ".join(cell(sequential[leave]) for leave in LEAVES) + " |")
+
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1e3:.1f}"
+
+    print(f"\n## P3: overhead per execution, sequential, connection open ({n} executions, "
+          f"load average at start {load:.2f})\n")
     print("| ms per execution | " + " | ".join(f"--leave={leave}" for leave in LEAVES) + " |")
     print("|---|" + "---:|" * len(LEAVES))
-    print("| through the library | "
-          + " | ".join(f"{sequential[leave][0] * 1e3:.1f}" for leave in LEAVES) + " |")
-    print("| bare `sh run.sh` on the same connection | "
-          + " | ".join(f"{sequential[leave][1] * 1e3:.1f}" for leave in LEAVES) + " |")
-    print("| **overhead** (goal <= 30) | " + " | ".join(
-        f"**{(sequential[leave][0] - sequential[leave][1]) * 1e3:.1f}**" for leave in LEAVES)
-        + " |")
-    print("\nWhere it goes (median ms of each step, per execution):\n")
-    names = sorted({k for leave in LEAVES for k in sequential[leave][2]},
-                   key=lambda k: (k == "total", -sum(sequential["nothing"][2].get(k, [0]))))
+    row("through the library (mean, with the session's close)",
+        lambda s: ms(s.per_execution()))
+    row("bare `sh run.sh` on the same connection (mean)", lambda s: ms(statistics.mean(s.bare)))
+    row("**overhead** (goal <= 30)", lambda s: f"**{ms(s.overhead())}**")
+    row("overhead of the medians", lambda s: ms(statistics.median(s.library)
+                                                 - statistics.median(s.bare)))
+    row("an empty command (`true`) on the same connection (median)",
+        lambda s: ms(statistics.median(s.empty)))
+    row("uploads; the session's close, ms once", lambda s: f"{s.uploads}; {ms(s.close)}")
+    print("\nWhere it goes (median ms of each step per execution; the host commands include "
+          "opening their channel and the remote shell):\n")
+    order = [name for _, name in STEPS] + [*LOCAL.values(), REST, "other", "total", COMMANDS]
+    present = [k for k in order if any(k in steps for s in sequential.values()
+                                       for steps in s.steps)]
     print("| step | " + " | ".join(f"--leave={leave}" for leave in LEAVES) + " |")
     print("|---|" + "---:|" * len(LEAVES))
-    for name in names:
-        cells = []
-        for leave in LEAVES:
-            values = sequential[leave][2].get(name)
-            cells.append(f"{statistics.median(values) * 1e3:.2f}" if values else "-")
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\n## P4: a second run of unchanged code (--leave=code)\n")
-    print("| run | uploaded bytes |")
-    print("|---|---:|")
-    print(f"| first, fresh host_directory | {p4_first} |")
-    print(f"| second, a fresh copy of the same code | {p4_second} |")
-    ratio = min(n / ours[leave][0] for leave in LEAVES) / base_rate
-    worst = max(sequential[leave][0] - sequential[leave][1] for leave in LEAVES) * 1e3
-    print(f"\nGoals: P3 throughput >= 10x baseline: {'met' if ratio >= 10 else 'MISSED'} "
-          f"(worst {ratio:.1f}x); P3 overhead <= 30 ms: {'met' if worst <= 30 else 'MISSED'} "
-          f"(worst {worst:.1f} ms); P4 second upload 0 bytes: met")
-    return 0
+    for name in present:
+        row(name, functools.partial(median_step, name))
+    return max(s.overhead() for s in sequential.values()) * 1e3
+
+
+def median_step(name: str, sequential: Sequential) -> str:
+    values = [steps.get(name, 0.0) for steps in sequential.steps]
+    return f"{statistics.median(values) * (1 if name == COMMANDS else 1e3):.2f}"
 
 
 def date() -> str:

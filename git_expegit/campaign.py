@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import NewType
 
 import pygit2
-import yaml
 
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
@@ -35,7 +34,10 @@ LAYOUT = 1
 class Campaign:
     root: Path
     repo: pygit2.Repository
-    experiment_url: str
+
+    @property
+    def experiment_url(self) -> str:
+        return str(read_config(self.root / CONFIG)["experiment"])
 
     @property
     def state_dir(self) -> Path:
@@ -90,11 +92,12 @@ def find(cwd: Path) -> Campaign:
         raise ExpegitError(f"{cwd} is not in a campaign (no {CONFIG} at the root of its git "
                            "repository): use git expegit init or git expegit clone",
                            ExitCode.CAMPAIGN)
-    root = Path(repo.workdir)
-    return Campaign(root, repo, read_config(root / CONFIG)["experiment"])  # type: ignore[arg-type]
+    return Campaign(Path(repo.workdir), repo)
 
 
 def read_config(path: Path) -> dict[str, object]:
+    import yaml  # here: importing it costs status and list a tenth of their time
+
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -113,4 +116,6 @@ def read_config(path: Path) -> dict[str, object]:
 
 
 def write_config(path: Path, experiment_url: str) -> None:
+    import yaml
+
     path.write_text(yaml.safe_dump({"experiment": experiment_url, "layout": LAYOUT}))

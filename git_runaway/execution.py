@@ -6,7 +6,9 @@
             for i in range(100)))
 
 Each run is pack -> send (only if the host lacks that archive) -> run -> fetch -> clean up.
-Runs to one host share one connection. The CLI, `git expegit jobs run` and the agent all
+Runs to one host share one connection, and runs of the same code share one upload: with
+--leave=nothing the archive stays on the host until the session closes, then goes if no run
+(of this session or another) uses it. The CLI, `git expegit jobs run` and the agent all
 call `Runaway.run`; nothing here prints except through the `log` callback.
 """
 
@@ -42,7 +44,7 @@ Log = Callable[[str], None]
 
 
 class Leave(enum.Enum):
-    """What stays on the host after a run."""
+    """What stays on the host after a run (for the archive: after the session)."""
 
     NOTHING = "nothing"  # neither the run folder nor the code archive (unless another run uses it)
     CODE = "code"  # the code archive, so the next run of the same code uploads nothing
@@ -85,6 +87,9 @@ def _silent(message: str) -> None:
     pass
 
 
+Where = tuple[str | None, str]  # (the profile's ssh_config, the absolute host_directory)
+
+
 class Runaway:
     """A session of runs sharing connections; use as an async context manager."""
 
@@ -93,17 +98,44 @@ class Runaway:
         self._hosts: dict[str | None, Host] = {}
         self._roots: dict[tuple[str | None, str], str] = {}
         self._lock = asyncio.Lock()
+        # The archives this session's runs used, and the --leave of the last run of each
+        # to end: with NOTHING, `close` deletes the archive if no run uses it.
+        self._archives: dict[Where, dict[str, Leave]] = {}
+        # The last upload of each archive, set once it ended: runs wait for it, not resend.
+        self._uploads: dict[tuple[Where, str], asyncio.Event] = {}
 
     async def __aenter__(self) -> Runaway:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         trace: TracebackType | None) -> None:
-        await self.close()
+        try:
+            await self.close()
+        except RunawayError as e:
+            if error is None:
+                raise
+            self._log(str(e))  # the error on its way out says more about what went wrong
 
     async def close(self) -> None:
+        """Delete the archives that the session kept for --leave=nothing and that no run
+        uses any more, then close the connections."""
         hosts, self._hosts = self._hosts, {}
-        await asyncio.gather(*(host.close() for host in hosts.values()))
+        archives, self._archives = self._archives, {}
+        try:
+            await asyncio.gather(*(self._delete_unused(hosts.get(where[0]), where[1], digests)
+                                   for where, digests in archives.items()))
+        finally:
+            await asyncio.gather(*(host.close() for host in hosts.values()))
+
+    async def _delete_unused(self, host: Host | None, root: str,
+                             leaves: dict[str, Leave]) -> None:
+        digests = [digest for digest, leave in leaves.items() if leave is Leave.NOTHING]
+        if host is None or not host.alive or not digests:
+            return  # a lost connection was reported by the run that lost it
+        self._log(f"deleting {len(digests)} archive(s) from {root} unless a run uses them")
+        done = await host.run(remote.delete_unused(root, digests))
+        if done.exit_code != 0:
+            raise _host_error(f"cannot delete the code archives in {root}", done)
 
     async def host(self, profile: Profile) -> Host:
         key = profile.ssh_config
@@ -141,29 +173,41 @@ class Runaway:
         folder = f"{root}/{run_id}"
         env = {**job.environment, **_variables(profile, job, root, folder, run_id, package)}
         command = _command(profile, env, f"{folder}/{script}", arguments)
+        where = (profile.ssh_config, root)
         try:
-            uploaded, code = await self._start(host, root, package, run_id, command,
+            uploaded, code = await self._start(host, where, package, run_id, command,
                                                stdout, stderr)
         except asyncio.CancelledError:
             self._log("interrupted: the script was stopped; fetching and cleaning up")
             try:
-                await self._finish(host, root, package.digest, run_id, job)
+                await self._finish(host, where, package.digest, run_id, job)
             except RunawayError as e:
                 self._log(str(e))
             raise
-        fetched = await self._finish(host, root, package.digest, run_id, job)
+        fetched = await self._finish(host, where, package.digest, run_id, job)
         return Outcome(run_id, code, folder, uploaded, tuple(fetched), time.monotonic() - start)
 
-    async def _start(self, host: Host, root: str, package: Pack, run_id: str, command: str,
-                     stdout: Sink, stderr: Sink) -> tuple[int, int]:
+    async def _start(self, host: Host, where: Where, package: Pack, run_id: str,
+                     command: str, stdout: Sink, stderr: Sink) -> tuple[int, int]:
         """Run `command` in its run folder, uploading the code first if the host lacks it;
         returns the bytes uploaded and the exit code."""
+        root = where[1]
         self._log(f"running {root}/{run_id} on {host.name}")
         prepare = remote.prepare(root, package.digest, run_id)
+        before = self._uploads.get((where, package.digest))
         done = await host.run(prepare + command, stdout=stdout, stderr=stderr, hold_stdin=True)
+        latest = self._uploads.get((where, package.digest))
+        if done.signal == remote.MISSING and latest is not None and (
+                latest is not before or not latest.is_set()):
+            # Another run of this session is sending this code, or sent it after this one
+            # looked: use that upload rather than send the same bytes again.
+            self._log("another run is uploading this code: waiting for it")
+            await latest.wait()
+            done = await host.run(prepare + command, stdout=stdout, stderr=stderr,
+                                  hold_stdin=True)
         uploaded = 0
         if done.signal == remote.MISSING:
-            uploaded = await self._upload(host, root, package, run_id)
+            uploaded = await self._upload(host, where, package, run_id)
             done = await host.run(command, stdout=stdout, stderr=stderr, hold_stdin=True)
         elif done.signal == remote.UNPREPARED:
             raise RunawayError(f"cannot prepare the run folder {root}/{run_id} on {host.name} "
@@ -173,9 +217,17 @@ class Runaway:
         self._log(f"the script exited with {done.exit_code}")
         return uploaded, done.exit_code
 
-    async def _upload(self, host: Host, root: str, package: Pack, run_id: str) -> int:
+    async def _upload(self, host: Host, where: Where, package: Pack, run_id: str) -> int:
+        """Send the code; the session's other runs that find it missing meanwhile wait for
+        this upload instead of sending the same bytes again."""
+        root = where[1]
         self._log(f"uploading {len(package.data)} bytes")
-        done = await host.run(remote.upload(root, package.digest, run_id), stdin=package.data)
+        uploading = self._uploads[(where, package.digest)] = asyncio.Event()
+        try:
+            done = await host.run(remote.upload(root, package.digest, run_id),
+                                  stdin=package.data)
+        finally:
+            uploading.set()
         if done.exit_code == remote.CORRUPT:
             raise RunawayError(f"the archive uploaded to {host.name} does not match its sha256 "
                                f"{package.digest}; retry", ExitCode.SEND)
@@ -184,13 +236,15 @@ class Runaway:
                                f"{_last_line(done.stderr)}", ExitCode.SEND)
         return len(package.data)
 
-    async def _finish(self, host: Host, root: str, digest: str, run_id: str,
+    async def _finish(self, host: Host, where: Where, digest: str, run_id: str,
                       job: Job) -> list[str]:
         """Fetch the results, and clean up the host once they are safe on this side."""
+        root = where[1]
         folder = f"{root}/{run_id}"
+        self._archives.setdefault(where, {})[digest] = job.leave
         listed = (job.folder / FETCH_IGNORE).exists()
         paths = await self._fetch_list(host, folder, job.folder) if listed else b""
-        cleanup = remote.cleanup(root, digest, run_id, job.leave.value)
+        cleanup = remote.cleanup(root, digest, run_id, job.leave is Leave.EVERYTHING)
         done = await host.run(remote.fetch_and_cleanup(folder, cleanup, listed), stdin=paths)
         if done.exit_code not in (0, remote.CLEANUP_FAILED):
             # A run's results matter more than a tidy host: keep them where they are.

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import expegit
@@ -152,3 +153,17 @@ def test_without_git_lfs_finish_and_init_refuse_and_change_nothing(tmp_path: Pat
     result = expegit("init", str(tmp_path / "expe.git"), "other", cwd=tmp_path, check=False,
                      env=env)
     assert result.returncode == 5 and not (tmp_path / "other").exists()
+
+
+def test_help_and_usage_errors(tmp_path: Path) -> None:
+    assert expegit("-h", cwd=tmp_path).stdout.startswith("Organise, archive and collaborate")
+    done = expegit(cwd=tmp_path, check=False)
+    assert (done.returncode, done.stderr) == (2, "expegit: invalid command line; see git "
+                                                 "expegit -h\n")
+    # `git expegit --help` is `git help expegit`: the man page that `pip install .` installs.
+    if subprocess.run(["man", "-w", "git-expegit"], capture_output=True).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the git-expegit man page is not installed")
+        pytest.skip("man page not installed (editable install)")
+    done = expegit("--help", cwd=tmp_path, env={**os.environ, "MANPAGER": "cat", "PAGER": "cat"})
+    assert "Organise, archive and collaborate" in done.stdout

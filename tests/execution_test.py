@@ -15,6 +15,7 @@ from git_runaway.execution import Job
 from git_runaway.execution import Leave
 from git_runaway.execution import Runaway
 from tests.conftest import script
+from tests.conftest import ssh_user_home
 
 
 class Output:
@@ -67,6 +68,60 @@ def test_unchanged_code_is_uploaded_once(ssh_profile: str, tmp_path: Path):
 
     sent = asyncio.run(main())
     assert sent[0] == sent[2] == 10240 and sent[1] == 0
+
+
+def host_directory(profile: profiles.Profile) -> Path:
+    """The profile's host_directory, seen from here (the test sshd is on this machine)."""
+    assert profile.host_directory.startswith("~/")
+    return ssh_user_home() / profile.host_directory[2:]
+
+
+def test_a_session_uploads_code_once_even_with_leave_nothing(ssh_profile: str, tmp_path: Path):
+    profile = profiles.load(ssh_profile, tmp_path)
+    work = folders(tmp_path, 3, "echo ok > out.txt\n")
+    host = host_directory(profile)
+
+    async def main() -> tuple[list[int], int]:
+        async with Runaway() as runaway:
+            sent = [(await runaway.run(profile, Job(f, "run.sh"), Output(), Output())).uploaded
+                    for f in work]
+            return sent, len(list(host.glob("*.tar")))  # kept until the session closes
+
+    assert asyncio.run(main()) == ([10240, 0, 0], 1)
+    assert [p.name for p in host.iterdir()] == [".lock"]  # then deleted
+
+
+def test_concurrent_runs_of_one_session_share_one_upload(ssh_profile: str, tmp_path: Path):
+    profile = profiles.load(ssh_profile, tmp_path)
+    work = folders(tmp_path, 6, 'echo "$1" > out.txt\n')
+
+    async def main() -> list[int]:
+        async with Runaway() as runaway:
+            outcomes = await asyncio.gather(*(
+                runaway.run(profile, Job(f, "run.sh", str(i)), Output(), Output())
+                for i, f in enumerate(work)))
+        return [o.uploaded for o in outcomes]
+
+    assert sorted(asyncio.run(main())) == [0] * 5 + [10240]
+    assert [(f / "out.txt").read_text() for f in work] == [f"{i}\n" for i in range(6)]
+    assert [p.name for p in host_directory(profile).iterdir()] == [".lock"]
+
+
+@pytest.mark.parametrize(("leaves", "archives"), [
+    ((Leave.NOTHING, Leave.CODE), 1), ((Leave.CODE, Leave.NOTHING), 0)])
+def test_the_last_run_of_a_session_decides_whether_its_code_stays(
+        ssh_profile: str, tmp_path: Path, leaves: tuple[Leave, Leave], archives: int):
+    profile = profiles.load(ssh_profile, tmp_path)
+    work = folders(tmp_path, 2, "echo ok\n")
+
+    async def main() -> None:
+        async with Runaway() as runaway:
+            for folder, leave in zip(work, leaves, strict=True):
+                await runaway.run(profile, Job(folder, "run.sh", leave=leave), Output(),
+                                  Output())
+
+    asyncio.run(main())
+    assert len(list(host_directory(profile).glob("*.tar"))) == archives
 
 
 def test_local_and_ssh_runs_in_one_loop(ssh_profile: str, tmp_path: Path):

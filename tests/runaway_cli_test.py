@@ -127,6 +127,18 @@ def test_leave(target: Target, work: Path, leave: str, archives: int, folders: i
     assert all((run / "out.txt").is_file() for run in runs)
 
 
+def test_an_upload_sweeps_the_parts_of_uploads_killed_long_ago(target: Target, work: Path):
+    script(work, "run.sh", "true\n")
+    assert runaway("--leave=code", target.profile, "run.sh", cwd=work).returncode == 0
+    old, recent = (target.host_directory / f"{'0' * 64}.tar.{uuid.uuid4()}.part" for _ in "ab")
+    for part in (old, recent):
+        part.write_bytes(b"half an archive")
+    os.utime(old, (time.time() - 2 * 3600, time.time() - 2 * 3600))
+    (work / "changed.txt").write_text("new code: uploaded")
+    assert runaway(target.profile, "run.sh", cwd=work).returncode == 0
+    assert not old.exists() and recent.exists()  # the recent one may be an upload going on
+
+
 def test_ctrl_c_stops_the_script_fetches_and_cleans_up(target: Target, work: Path):
     token = f"{time.time() % 1000:.6f}"  # unique, to find the remote sleep
     script(work, "run.sh", f"echo started > started.txt; echo started; sleep 1{token};"
@@ -275,11 +287,6 @@ def test_help_through_git(work: Path):
         pytest.skip("man page not installed (editable install)")
     done = runaway("--help", cwd=work, env={**os.environ, "MANPAGER": "cat", "PAGER": "cat"})
     assert "Run a folder's script on a host" in done.stdout
-
-
-def test_expegit_is_installed(work: Path):
-    done = subprocess.run(["git", "expegit"], cwd=work, capture_output=True, text=True)
-    assert (done.returncode, done.stderr) == (1, "expegit: not built yet; see `git expegit -h`\n")
 
 
 def test_a_vanished_runaway_stops_the_remote_script(target: Target, work: Path):
