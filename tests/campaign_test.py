@@ -166,4 +166,4 @@ def test_help_and_usage_errors(tmp_path: Path) -> None:
             pytest.fail("the git-expegit man page is not installed")
         pytest.skip("man page not installed (editable install)")
     done = expegit("--help", cwd=tmp_path, env={**os.environ, "MANPAGER": "cat", "PAGER": "cat"})
-    assert "Organise, archive and collaborate" in done.stdout
+    assert "Count the executions in each state." in done.stdout
