@@ -8,17 +8,20 @@ new execution rewrites three small trees instead of a 10,000-entry `excs/` tree.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import NewType
-
-import pygit2
 
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
+
+if TYPE_CHECKING:
+    import pygit2
 
 ExecutionId = NewType("ExecutionId", str)
 
@@ -33,7 +36,14 @@ LAYOUT = 1
 @dataclass(frozen=True)
 class Campaign:
     root: Path
-    repo: pygit2.Repository
+    git_dir: Path
+
+    @functools.cached_property
+    def repo(self) -> pygit2.Repository:
+        # Imported when first needed: status and list answered from the cache never are.
+        import pygit2
+
+        return pygit2.Repository(str(self.root))
 
     @property
     def experiment_url(self) -> str:
@@ -42,7 +52,7 @@ class Campaign:
     @property
     def state_dir(self) -> Path:
         """Expegit's state outside git: caches, the lock; never in the work tree."""
-        path = Path(self.repo.path) / "expegit"
+        path = self.git_dir / "expegit"
         path.mkdir(exist_ok=True)
         return path
 
@@ -54,14 +64,20 @@ class Campaign:
 
     def head(self) -> pygit2.Commit | None:
         """The commit at the tip of the current branch, or None in an empty repository."""
+        import pygit2
+
         target = self.repo.references.get(self.branch())
         return None if target is None else self.repo[target.target].peel(pygit2.Commit)
 
     def notes(self) -> pygit2.Commit | None:
+        import pygit2
+
         ref = self.repo.references.get(NOTES_REF)
         return None if ref is None else self.repo[ref.target].peel(pygit2.Commit)
 
     def experiment(self) -> pygit2.Repository:
+        import pygit2
+
         try:
             return pygit2.Repository(str(self.root / EXPERIMENT))
         except pygit2.GitError:
@@ -85,14 +101,25 @@ def folder(execution: ExecutionId) -> str:
 
 
 def find(cwd: Path) -> Campaign:
-    """The campaign enclosing `cwd`, like git finds its repository."""
-    path = pygit2.discover_repository(str(cwd))
-    repo = pygit2.Repository(path) if path else None
-    if repo is None or repo.workdir is None or not (Path(repo.workdir) / CONFIG).is_file():
-        raise ExpegitError(f"{cwd} is not in a campaign (no {CONFIG} at the root of its git "
-                           "repository): use git expegit init or git expegit clone",
-                           ExitCode.CAMPAIGN)
-    return Campaign(Path(repo.workdir), repo)
+    """The campaign enclosing `cwd`: the nearest folder with a `.git`, as git finds it,
+    that has a `.expegit.yml`."""
+    for folder in (cwd.absolute(), *cwd.absolute().parents):
+        dot_git = folder / ".git"
+        if dot_git.exists():
+            if (folder / CONFIG).is_file():
+                return Campaign(folder, _git_dir(dot_git))
+            break
+    raise ExpegitError(f"{cwd} is not in a campaign (no {CONFIG} at the root of its git "
+                       "repository): use git expegit init or git expegit clone",
+                       ExitCode.CAMPAIGN)
+
+
+def _git_dir(dot_git: Path) -> Path:
+    """`.git` itself, or where a `.git` file (`gitdir: PATH`) points, as in submodules."""
+    if dot_git.is_dir():
+        return dot_git
+    text = dot_git.read_text().strip()
+    return (dot_git.parent / text.removeprefix("gitdir:").strip()).resolve()
 
 
 def read_config(path: Path) -> dict[str, object]:

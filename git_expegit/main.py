@@ -73,9 +73,7 @@ from pathlib import Path
 from docopt import DocoptExit
 from docopt import docopt
 
-from git_expegit.commands import executions_cli
 from git_expegit.commands import reading_cli
-from git_expegit.commands import repository_cli
 from git_expegit.commands.output import fail
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
@@ -102,6 +100,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(a: dict[str, object], cwd: Path) -> int:
     verbose, push = bool(a["--verbose"]), bool(a["--push"])
+    if a["status"]:
+        return reading_cli.status(cwd)
+    if a["list"]:
+        return reading_cli.list_executions(cwd, _opt(a["--state"]), _opt(a["--profile"]),
+                                           _opt(a["--grep"]), _opt(a["--commit"]),
+                                           str(a["--format"]))
+    if a["params"]:
+        return reading_cli.params(cwd, str(a["ID"]))
+    if a["show"]:
+        return reading_cli.show(cwd, str(a["ID"]))
+    # Imported only for the commands that write: they need pygit2, 100 ms to import, which
+    # the reading commands above skip when the catalog's cache answers them.
+    from git_expegit.commands import executions_cli
+    from git_expegit.commands import repository_cli
+
     if a["init"]:
         return repository_cli.init(str(a["EXPERIMENT_URL"]), _opt(a["CAMPAIGN_URL"]),
                                    _opt(a["PATH"]), push, verbose)
@@ -119,21 +132,11 @@ def _dispatch(a: dict[str, object], cwd: Path) -> int:
         return executions_cli.new(cwd, commit, params, _opt(a["--sweep"]),
                                   _int(a["--repeat"], "--repeat"), _opt(a["--profile"]),
                                   bool(a["--dry-run"]), push, verbose)
-    if a["params"]:
-        return reading_cli.params(cwd, str(a["ID"]))
     if a["finish"]:
         code = None if a["--exit-code"] is None else _int(a["--exit-code"], "--exit-code")
         return executions_cli.finish(cwd, str(a["ID"]), code, push, verbose)
-    if a["reset"] or a["remove"]:
-        return executions_cli.reset_or_remove(cwd, str(a["ID"]), bool(a["remove"]), push,
-                                              verbose)
-    if a["status"]:
-        return reading_cli.status(cwd)
-    if a["list"]:
-        return reading_cli.list_executions(cwd, _opt(a["--state"]), _opt(a["--profile"]),
-                                           _opt(a["--grep"]), _opt(a["--commit"]),
-                                           str(a["--format"]))
-    return reading_cli.show(cwd, str(a["ID"]))
+    return executions_cli.reset_or_remove(cwd, str(a["ID"]), bool(a["remove"]), push,
+                                          verbose)
 
 
 def _opt(value: object) -> str | None:

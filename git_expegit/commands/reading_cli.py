@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-
-import pygit2
+from typing import TYPE_CHECKING
 
 from git_expegit import campaign
 from git_expegit import catalog
 from git_expegit.catalog import Execution
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
+
+if TYPE_CHECKING:
+    import pygit2
 
 
 def params(cwd: Path, prefix: str) -> int:
@@ -41,7 +43,7 @@ def list_executions(cwd: Path, state: str | None, profile: str | None, grep: str
               and (grep is None or grep in e.parameters)
               and (commit is None or e.commit.startswith(commit.lower()))]
     if form == "json":
-        print(json.dumps([e.as_json() for e in chosen], indent=1))
+        print(json.dumps([e.as_json() for e in chosen]))
     else:
         for e in chosen:
             print(_row(e))
@@ -68,25 +70,22 @@ def show(cwd: Path, prefix: str) -> int:
 
 def _files(found: campaign.Campaign, folder: str) -> list[tuple[str, str]]:
     """The files git holds for the execution; LFS files with their real size."""
+    import pygit2  # show reads trees; the other reading commands do without it
+
     head = found.head()
-    if head is None:
-        return []
-    tree = found.repo[head.tree[folder].id]
-    assert isinstance(tree, pygit2.Tree)
     out: list[tuple[str, str]] = []
-    _walk(found.repo, tree, "", out)
+
+    def walk(tree: pygit2.Tree, prefix: str) -> None:
+        for entry in tree:
+            path, obj = prefix + (entry.name or ""), found.repo[entry.id]
+            if isinstance(obj, pygit2.Tree):
+                walk(obj, path + "/")
+            elif isinstance(obj, pygit2.Blob):
+                out.append((path, _size(obj.data)))
+
+    if head is not None:
+        walk(found.repo[head.tree[folder].id].peel(pygit2.Tree), "")
     return out
-
-
-def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str,
-          out: list[tuple[str, str]]) -> None:
-    for entry in tree:
-        path = prefix + (entry.name or "")
-        obj = repo[entry.id]
-        if isinstance(obj, pygit2.Tree):
-            _walk(repo, obj, path + "/", out)
-        elif isinstance(obj, pygit2.Blob):
-            out.append((path, _size(obj.data)))
 
 
 def _size(data: bytes) -> str:
