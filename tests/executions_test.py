@@ -192,6 +192,11 @@ def test_the_catalog_follows_plain_git_changes(campaign: Path) -> None:
     assert [r.split()[:2] for r in rows] == [[first.name[:8], "running"]]
     (campaign / ".git" / "expegit" / "catalog.json").write_text("{not json")
     assert expegit("list", cwd=campaign).stdout.splitlines() == rows
+    git("pack-refs", "--all", cwd=campaign)  # refs read from packed-refs: same answer
+    assert expegit("list", cwd=campaign).stdout.splitlines() == rows
+    git("notes", "--ref=expegit", "append", "-m", "2099-01-01T00:00:01.000000Z finished exit=0",
+        "HEAD~2", cwd=campaign)  # a loose notes ref again, newer than the packed one
+    assert expegit("list", cwd=campaign).stdout.split()[1] == "finished"
     git("reset", "-q", "--hard", "HEAD~1", cwd=campaign)  # history rewritten: rebuilt
     assert len(expegit("list", cwd=campaign).stdout.splitlines()) == 2
 
