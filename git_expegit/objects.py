@@ -9,6 +9,7 @@ before `write()`, and refs are moved after it, so a failure halfway leaves no tr
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import struct
@@ -17,8 +18,8 @@ import zlib
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pygit2
 
@@ -34,8 +35,8 @@ _REF_DELTA = 7
 _MAX_DEPTH = 50
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    # A tuple, so that comparing and hashing entries runs in C (see ObjectStore.tree).
     mode: int
     oid: pygit2.Oid
 
@@ -43,10 +44,13 @@ class Entry:
 Tree = Mapping[str, Entry]
 
 
-def _sort_key(item: tuple[str, Entry]) -> bytes:
+def _sort_key(name: str, entry: Entry) -> bytes:
     # git orders a tree's entries by name, a subtree's name read as if it ended with "/".
-    name, entry = item
     return name.encode() + (b"/" if entry.mode == TREE else b"")
+
+
+def _row(name: str, entry: Entry) -> bytes:
+    return f"{entry.mode:o} {name}".encode() + b"\0" + entry.oid.raw
 
 
 class ObjectStore:
@@ -56,6 +60,8 @@ class ObjectStore:
         self.repo = repo
         self._pending: dict[pygit2.Oid, tuple[str, bytes]] = {}
         self._trees: dict[pygit2.Oid, dict[str, Entry]] = {}
+        # A waiting tree's entries as written: sort keys and rows, in git's order.
+        self._rows: dict[pygit2.Oid, tuple[list[bytes], list[bytes]]] = {}
         self._bases: dict[pygit2.Oid, tuple[pygit2.Oid, int]] = {}
 
     def _add(self, kind: str, data: bytes) -> pygit2.Oid:
@@ -74,10 +80,29 @@ class ObjectStore:
         A campaign's `excs/` tree changes by one entry per execution: without deltas its
         thousands of entries would be stored whole at every commit.
         """
-        data = b"".join(f"{e.mode:o} {name}".encode() + b"\0" + e.oid.raw
-                        for name, e in sorted(entries.items(), key=_sort_key))
-        oid = self._add("tree", data)
+        if base is not None and base in self._rows:
+            # An edit of a tree built here: only the entries that changed are serialised,
+            # the others are copied as bytes (a 10,000-entry tree costs no more than a small
+            # one).
+            old = self._trees[base]
+            keys, rows = list(self._rows[base][0]), list(self._rows[base][1])
+            for name in old.keys() - entries.keys():
+                i = bisect.bisect_left(keys, _sort_key(name, old[name]))
+                del keys[i], rows[i]
+            for name, entry in entries.items() - old.items():
+                if name in old:
+                    i = bisect.bisect_left(keys, _sort_key(name, old[name]))
+                    del keys[i], rows[i]
+                key = _sort_key(name, entry)
+                i = bisect.bisect_left(keys, key)
+                keys.insert(i, key)
+                rows.insert(i, _row(name, entry))
+        else:
+            ordered = sorted((_sort_key(name, e), _row(name, e)) for name, e in entries.items())
+            keys, rows = [key for key, _ in ordered], [row for _, row in ordered]
+        oid = self._add("tree", b"".join(rows))
         self._trees[oid] = dict(entries)
+        self._rows[oid] = (keys, rows)
         if base is not None and base in self._pending and base != oid:
             depth = self._bases[base][1] + 1 if base in self._bases else 1
             if depth <= _MAX_DEPTH:

@@ -8,6 +8,7 @@ and is retried from the fetch whenever another clone pushed first.
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import time
@@ -41,8 +42,14 @@ def sync(campaign: Campaign, tries: int = TRIES) -> Report:
     git.require_lfs(campaign.root, "filter.lfs.process" in campaign.repo.config)
     received = 0
     with campaign.locked():
+        fetch(campaign)  # first: an unreachable remote fails here, before anything changes
+        # LFS files go up before the race with the other clones: the branch push below then
+        # skips the LFS hook's upload (GIT_LFS_SKIP_PUSH), so the window between our fetch
+        # and our push, in which another clone's push makes ours fail, is shorter.
+        _push_lfs(campaign)
         for attempt in range(1, tries + 1):
-            fetch(campaign)
+            if attempt > 1 and not _fetched(campaign):
+                continue
             received += _integrate(campaign)
             if _push(campaign):
                 return Report(received, attempt)
@@ -57,6 +64,17 @@ def fetch(campaign: Campaign) -> None:
     git.run(["fetch", "--quiet", "--no-tags", REMOTE, f"+refs/heads/*:refs/remotes/{REMOTE}/*",
              f"+{NOTES_REF}*:{REMOTE_NOTES}*"], campaign.root, code=ExitCode.REMOTE,
             what=f"fetching from {REMOTE} (nothing was changed)")
+
+
+def _fetched(campaign: Campaign) -> bool:
+    """Fetch again within the retries: a remote busy with other clones' pushes (or its own
+    gc) sometimes fails one fetch, which changes nothing here, so it is simply retried."""
+    try:
+        fetch(campaign)
+    except ExpegitError:
+        time.sleep(random.uniform(0.1, 0.3))
+        return False
+    return True
 
 
 def _require_remote(campaign: Campaign) -> None:
@@ -143,6 +161,13 @@ def _parse_ident(ident: str) -> tuple[str, str, int, int]:
     return name.strip(), email, int(when), -minutes if offset[0] == "-" else minutes
 
 
+def _push_lfs(campaign: Campaign) -> None:
+    """Upload the LFS files of the branch that the remote does not have yet; the merges
+    made afterwards bring none of ours."""
+    git.run(["lfs", "push", REMOTE, campaign.branch()], campaign.root, code=ExitCode.REMOTE,
+            what=f"uploading LFS files to {REMOTE} (nothing was changed)")
+
+
 def _push(campaign: Campaign) -> bool:
     """Push the branch and the notes together; False when the remote moved first."""
     branch = campaign.branch()
@@ -150,13 +175,14 @@ def _push(campaign: Campaign) -> bool:
     if campaign.notes() is not None:
         refspecs.append(f"{NOTES_REF}:{NOTES_REF}")
     result = subprocess.run(["git", "push", "--porcelain", "--atomic", "--quiet", REMOTE,
-                             *refspecs], cwd=campaign.root, capture_output=True)
+                             *refspecs], cwd=campaign.root, capture_output=True,
+                            env={**os.environ, "GIT_LFS_SKIP_PUSH": "1"})
     if result.returncode == 0:
         return True
     out = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
-    if any(word in out for word in ("[rejected]", "fetch first", "non-fast-forward",
-                                    "stale info", "failed to update ref", "atomic push failed",
-                                    "cannot lock ref")):
+    # "[rejected]" (the remote moved first) or "[remote rejected]" (it could not take the
+    # push just now: a lock, an unpacker busy with another clone's push): both are retried.
+    if "rejected]" in out or "atomic push failed" in out:
         return False
     raise ExpegitError(f"pushing to {REMOTE} failed: {git.last_line(result.stderr)}; your "
                        "work is committed here: run git expegit sync later", ExitCode.REMOTE)
