@@ -33,6 +33,7 @@ _TYPES = {"commit": 1, "tree": 2, "blob": 3}
 _REF_DELTA = 7
 # Like git's default pack.depth: a reader applies at most this many deltas to get an object.
 _MAX_DEPTH = 50
+_DELTA_MIN = 2048  # bytes
 
 
 class Entry(NamedTuple):
@@ -103,7 +104,10 @@ class ObjectStore:
         oid = self._add("tree", b"".join(rows))
         self._trees[oid] = dict(entries)
         self._rows[oid] = (keys, rows)
-        if base is not None and base in self._pending and base != oid:
+        # Small trees (an execution's bucket, the root) are cheaper to store whole than to
+        # diff; the large ones, like excs/, are where deltas pay.
+        if (base is not None and base in self._pending and base != oid
+                and len(self._pending[oid][1]) > _DELTA_MIN):
             depth = self._bases[base][1] + 1 if base in self._bases else 1
             if depth <= _MAX_DEPTH:
                 self._bases.setdefault(oid, (base, depth))

@@ -48,7 +48,8 @@ def sync(campaign: Campaign, tries: int = TRIES) -> Report:
         # and our push, in which another clone's push makes ours fail, is shorter.
         _push_lfs(campaign)
         for attempt in range(1, tries + 1):
-            if attempt > 1 and not _fetched(campaign):
+            # Fetched again even the first time: other clones pushed during the LFS upload.
+            if not _fetched(campaign):
                 continue
             received += _integrate(campaign)
             if _push(campaign):
