@@ -26,83 +26,18 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from harness import BenchmarkFailed
+from harness import Shell
+from harness import check
+from harness import make_env
+from harness import make_experiment
+from harness import storage
+
 from git_expegit.executions import GITIGNORE
 from git_expegit.executions import LFS_ATTRIBUTES
 
-EXPERIMENT_FILES = 50
 TRAILERS = ("Expegit-Execution", "Expegit-Commit", "Expegit-Parameters", "Expegit-Profile",
             "Expegit-Status")
-
-
-class BenchmarkFailed(Exception):
-    pass
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise BenchmarkFailed(message)
-
-
-# --- running git and git expegit as a user would -----------------------------------------
-
-def make_env(base: Path) -> dict[str, str]:
-    """A hermetic environment: own HOME and global git config, no system config, a fixed
-    identity; the interpreter's bin folder first on PATH, as in a venv, so that `git
-    expegit` finds the installed entry point and not a version manager's shim."""
-    home = base / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GIT_", "RUNAWAY")) and k not in ("XDG_CONFIG_HOME",
-                                                                  "XDG_CACHE_HOME")}
-    env.update({"HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-                "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "Ada",
-                "GIT_AUTHOR_EMAIL": "ada@example.org", "GIT_COMMITTER_NAME": "Ada",
-                "GIT_COMMITTER_EMAIL": "ada@example.org",
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
-    return env
-
-
-class Shell:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    def run(self, args: list[str], cwd: Path, input: bytes | None = None,
-            env: dict[str, str] | None = None) -> str:
-        done = subprocess.run(args, cwd=cwd, env={**self.env, **(env or {})}, input=input,
-                              capture_output=True)
-        check(done.returncode == 0, f"`{' '.join(args)}` in {cwd} exited {done.returncode}: "
-              f"{done.stderr.decode(errors='replace').strip()[-2000:]}")
-        return done.stdout.decode(errors="replace")
-
-    def git(self, *args: str, cwd: Path) -> str:
-        return self.run(["git", *args], cwd)
-
-    def expegit(self, *args: str, cwd: Path) -> str:
-        return self.run(["git", "expegit", *args], cwd)
-
-    def timed(self, args: list[str], cwd: Path, env: dict[str, str] | None = None
-              ) -> tuple[float, str]:
-        start = time.perf_counter()
-        out = self.run(args, cwd, env=env)
-        return time.perf_counter() - start, out
-
-
-def make_experiment(sh: Shell, base: Path) -> Path:
-    """An experiment with EXPERIMENT_FILES files and an executable `run`, pushed to a bare
-    repository; returns the bare repository."""
-    work = base / "expe"
-    work.mkdir()
-    for i in range(EXPERIMENT_FILES):
-        (work / f"file{i:02}.txt").write_text(f"experiment file {i}\n" * 20)
-    (work / "run").write_text('#!/bin/sh\necho "run $*" > data/out.txt\n')
-    (work / "run").chmod(0o755)
-    sh.git("init", "-q", "-b", "main", cwd=work)
-    sh.git("add", "-A", cwd=work)
-    sh.git("commit", "-q", "-m", "experiment", cwd=work)
-    bare = base / "expe.git"
-    sh.git("init", "-q", "--bare", "-b", "main", str(bare), cwd=base)
-    sh.git("push", "-q", str(bare), "main", cwd=work)
-    return bare
 
 
 def new_campaign(sh: Shell, expe: Path, parent: Path, name: str) -> Path:
@@ -145,19 +80,6 @@ def settle() -> None:
     the writeback of a 10,000-folder copy otherwise slows the next command's mkdirs."""
     os.sync()
     time.sleep(0.5)
-
-
-def storage(sh: Shell, repo: Path) -> dict[str, int]:
-    """Loose objects, packs and sizes (KiB) as git count-objects -v reports them, and the
-    size of .git on disk."""
-    counts = {}
-    for line in sh.git("count-objects", "-v", cwd=repo).splitlines():
-        key, _, value = line.partition(":")
-        counts[key.strip()] = int(value)
-    git_dir = repo / ".git"
-    counts["git-dir-kib"] = sum(p.stat().st_size for p in git_dir.rglob("*")
-                                if p.is_file() and not p.is_symlink()) // 1024
-    return counts
 
 
 def commits(sh: Shell, repo: Path) -> int:

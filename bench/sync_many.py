@@ -21,7 +21,6 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,68 +30,14 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from harness import BenchmarkFailed
+from harness import Shell
+from harness import check
+from harness import make_env
+from harness import make_experiment
+from harness import storage
+
 TRIES = re.compile(r"pushed after (\d+) tries")
-
-
-class BenchmarkFailed(Exception):
-    pass
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise BenchmarkFailed(message)
-
-
-def make_env(base: Path) -> dict[str, str]:
-    """Own HOME and global git config, no system config, a fixed identity; the interpreter's
-    bin folder first on PATH (as in a venv), so `git expegit` is the installed entry point."""
-    home = base / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GIT_", "RUNAWAY")) and k not in ("XDG_CONFIG_HOME",
-                                                                  "XDG_CACHE_HOME")}
-    env.update({"HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-                "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "Ada",
-                "GIT_AUTHOR_EMAIL": "ada@example.org", "GIT_COMMITTER_NAME": "Ada",
-                "GIT_COMMITTER_EMAIL": "ada@example.org",
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
-    return env
-
-
-class Shell:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    def call(self, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(args, cwd=cwd, env=self.env, capture_output=True, text=True)
-
-    def run(self, args: list[str], cwd: Path) -> str:
-        done = self.call(args, cwd)
-        check(done.returncode == 0, f"`{' '.join(args)}` in {cwd} exited {done.returncode}: "
-              f"{done.stderr.strip()[-2000:]}")
-        return done.stdout
-
-    def git(self, *args: str, cwd: Path) -> str:
-        return self.run(["git", *args], cwd)
-
-    def expegit(self, *args: str, cwd: Path) -> str:
-        return self.run(["git", "expegit", *args], cwd)
-
-
-def make_experiment(sh: Shell, base: Path) -> Path:
-    work = base / "expe"
-    work.mkdir()
-    for i in range(50):
-        (work / f"file{i:02}.txt").write_text(f"experiment file {i}\n" * 20)
-    (work / "run").write_text('#!/bin/sh\necho "run $*" > data/out.txt\n')
-    (work / "run").chmod(0o755)
-    sh.git("init", "-q", "-b", "main", cwd=work)
-    sh.git("add", "-A", cwd=work)
-    sh.git("commit", "-q", "-m", "experiment", cwd=work)
-    bare = base / "expe.git"
-    sh.git("init", "-q", "--bare", "-b", "main", str(bare), cwd=base)
-    sh.git("push", "-q", str(bare), "main", cwd=work)
-    return bare
 
 
 def data(clone: int, i: int) -> tuple[str, bytes]:
@@ -177,14 +122,6 @@ def verify(sh: Shell, remote: Path, target: Path, clones: int, n: int) -> dict[s
     check(len(notes) == total, f"{len(notes)} notes, expected {total}")
     sh.git("fsck", "--no-progress", "--no-dangling", cwd=remote)
     return {"executions": len(ids), "notes": len(notes), "folders": len(folders)}
-
-
-def storage(sh: Shell, repo: Path) -> dict[str, int]:
-    counts = {}
-    for line in sh.git("count-objects", "-v", cwd=repo).splitlines():
-        key, _, value = line.partition(":")
-        counts[key.strip()] = int(value)
-    return counts
 
 
 def main() -> int:
