@@ -24,8 +24,9 @@ quotes group words, and ; $(...) and backticks stay literal text.
 
 Profiles (first found wins): .runaway/NAME.yml at the root of the enclosing git
 repository, then ~/.config/runaway/NAME.yml, then ~/.runaway/NAME.yml, then the
-built-in `local`, which runs on this machine without ssh. Keys: ssh_config,
-host_directory, execution, and optionally before_execution and after_execution.
+built-in `local`, which runs on this machine without ssh. Keys: host_directory,
+execution, and optionally ssh_config (without it the profile runs on this machine),
+before_execution and after_execution.
 
 Exit codes: the script's own, or for runaway's failures: 2 command line,
 3 profile, 4 connection or host key, 5 sending the code, 6 fetching the results,

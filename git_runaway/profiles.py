@@ -22,7 +22,8 @@ from git_runaway.errors import ExitCode
 from git_runaway.errors import RunawayError
 
 KEYS = ("ssh_config", "host_directory", "before_execution", "execution", "after_execution")
-REQUIRED = ("ssh_config", "host_directory", "execution")
+# Without ssh_config, a profile runs on this machine, like the built-in `local`.
+REQUIRED = ("host_directory", "execution")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 BUILT_IN = "built-in"
 
@@ -121,11 +122,11 @@ def parse(path: Path) -> Profile:
         if data.get(key) in (None, "", []):
             raise fail(f"missing key {key!r}; {allowed}")
     for key in ("ssh_config", "host_directory"):
-        if not isinstance(data[key], str):
+        if not isinstance(data.get(key, ""), str):
             raise fail(f"key {key!r} must be a string")
     return Profile(
         name=path.stem,
-        ssh_config=data["ssh_config"],
+        ssh_config=data.get("ssh_config") or None,
         host_directory=data["host_directory"],
         before_execution=_commands(data, "before_execution", fail),
         execution=_commands(data, "execution", fail),

@@ -70,6 +70,7 @@ def test_list_shows_every_profile_with_its_source(home: Path, repo: Path):
      "host_directory, before_execution, execution, after_execution"),
     ("ssh_config: h\nhost_directory: d\nexecution: [1]\n",
      "key 'execution' must be a list of shell commands"),
+    ("ssh_config: [h]\nhost_directory: d\nexecution: [x]\n", "key 'ssh_config' must be a string"),
 ])
 def test_bad_profile_files_get_one_line_errors(home: Path, tmp_path: Path, text: str,
                                                message: str):

@@ -301,3 +301,19 @@ def test_a_vanished_runaway_stops_the_remote_script(target: Target, work: Path):
     while subprocess.run(["pgrep", "-f", f"sleep 1{token}"]).returncode == 0:
         assert time.monotonic() < deadline, "the remote script outlived runaway"
         time.sleep(0.1)
+
+
+def test_a_profile_without_ssh_config_runs_on_this_machine(home: Path, tmp_path: Path):
+    work = tmp_path / "work"
+    script(work, "run.sh", 'echo "args: $*"; echo made > made.txt\n')
+    runs = tmp_path / "runs"
+    write_profile(home / ".runaway", "here", host_directory=str(runs),
+                  execution=["echo via-profile", "$SCRIPT_NAME $SCRIPT_ARGS"])
+    listed = runaway("--list", cwd=work).stdout.splitlines()
+    assert [line.split()[:3] for line in listed if line.startswith("here")] == [
+        ["here", "this", "machine"]]
+    done = runaway("--leave=everything", "here", "run.sh", "--", "a b", cwd=work)
+    assert (done.returncode, done.stdout) == (0, "via-profile\nargs: a b\n")
+    assert (work / "made.txt").read_text() == "made\n"
+    [run_folder] = [p for p in runs.iterdir() if p.is_dir() and not p.name.endswith(".users")]
+    assert (run_folder / "made.txt").is_file()  # --leave=everything, in its host_directory
