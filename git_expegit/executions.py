@@ -261,9 +261,9 @@ def _lfs_configured(campaign: Campaign) -> bool:
 
 
 def reset(campaign: Campaign, execution: Execution) -> None:
-    """Make the execution new again: results and code are deleted, its log says so."""
+    """Make the execution new again, as the seed did: its results are deleted, its log says
+    so, and its folder gets the experiment code back, ready for ./run."""
     path = folder(execution.id)
-    had_code = _has_code(campaign.root / path)
     with editing(campaign) as edit:
         edit.set_folder(execution.id, _template(edit.store))
         edit.commit(f"Reset execution {execution.id[:8]}\n\n"
@@ -271,13 +271,7 @@ def reset(campaign: Campaign, execution: Execution) -> None:
         edit.log(execution.creation, notes.event("reset"))
         edit.publish("exec reset")
         _drop_code(campaign, path)
-        if had_code:
-            write_code(campaign, execution.commit, campaign.root / path)
-
-
-def _has_code(path: Path) -> bool:
-    return path.is_dir() and any(p.name not in (".gitignore", "data", "stdout", "stderr")
-                                 for p in path.iterdir())
+        write_code(campaign, execution.commit, campaign.root / path)
 
 
 def remove(campaign: Campaign, execution: Execution) -> None:

@@ -33,7 +33,8 @@ Commands:
                  new folders.
   exec params    Print an execution's parameters: ./run $(git expegit exec params ID).
   finish         Commit an execution's results and logs and drop its code.
-  exec reset     Make an execution new again (its results are deleted).
+  exec reset     Make an execution new again: its results are deleted and its code
+                 placed back in its folder.
   exec remove    Delete an execution's folder (its history stays in git).
   update-expe    Fetch the experiment and pin its newest commit.
   sync           Fetch, merge executions and notes, push; retried until it goes through.

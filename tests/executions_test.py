@@ -238,3 +238,14 @@ def test_an_unknown_commit_changes_nothing(campaign: Path) -> None:
         result = expegit("exec", "new", commit, "--", "--x", "1", cwd=campaign, check=False)
         assert result.returncode == 4 and "git expegit update-expe" in result.stderr
     assert snapshot(campaign) == before
+
+
+def test_reset_of_a_single_execution_places_its_code_again(campaign: Path) -> None:
+    [folder] = _new(campaign, "--", "--x", "1")
+    subprocess.run(["./run", "--x", "1"], cwd=folder, check=True, capture_output=True)
+    expegit("finish", folder.name, "--exit-code", "0", cwd=campaign)
+    assert not (folder / "run").exists()
+    expegit("exec", "reset", folder.name, cwd=campaign)
+    assert (folder / "run").is_file() and not (folder / "data" / "arguments.txt").exists()
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=campaign) == ""
+    assert expegit("list", cwd=campaign).stdout.split()[1] == "created"
