@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from git_expegit import refs
+from git_expegit.campaign import EXECUTIONS
 from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
 from git_expegit.campaign import ExecutionId
@@ -78,9 +79,18 @@ def executions(campaign: Campaign) -> list[Execution]:
     return cache.executions()
 
 
-def resolve(campaign: Campaign, prefix: str) -> Execution:
-    """The execution whose id starts with `prefix`, as git resolves short hashes."""
-    return resolve_in(executions(campaign), prefix)
+def resolve(campaign: Campaign, prefix: str | None, cwd: Path) -> Execution:
+    """The execution whose id starts with `prefix`, as git resolves short hashes; without
+    a prefix, the execution whose folder holds `cwd`."""
+    return resolve_in(executions(campaign), prefix or _here(campaign, cwd))
+
+
+def _here(campaign: Campaign, cwd: Path) -> str:
+    parts = cwd.absolute().relative_to(campaign.root).parts
+    if len(parts) >= 3 and parts[0] == EXECUTIONS:
+        return parts[2]
+    raise ExpegitError("which execution? give its ID, or run this inside its folder",
+                       ExitCode.USAGE)
 
 
 def resolve_in(candidates: Iterable[Execution], prefix: str) -> Execution:

@@ -5,22 +5,23 @@ Usage:
   git expegit [-v] clone URL [PATH]
   git expegit [-v] exec new [-p] [COMMIT] [--profile=P] [-- PARAMS...]
   git expegit [-v] exec new [-p] [COMMIT] --sweep=EXPR [-r N] [--profile=P] [--dry-run]
-  git expegit exec params ID
-  git expegit [-v] (finish | exec finish) [-p] [--exit-code=N] ID
+  git expegit exec params [ID]
+  git expegit [-v] (finish | exec finish) [-p] [--exit-code=N] [ID]
   git expegit [-v] exec reset [-p] ID
   git expegit [-v] exec remove [-p] ID
   git expegit [-v] update-expe [-p]
   git expegit [-v] sync
   git expegit status
   git expegit list [--state=S] [--profile=P] [--grep=TEXT] [--commit=C] [--format=F]
-  git expegit show ID
+  git expegit show [ID]
   git expegit -h | --help
 
 A campaign is a git repository holding an experiment (the xprp/ submodule) and its
 executions, each in excs/<2 hex>/<uuid>/ with its results in data/ (data/lfs/ through Git
 LFS). Parameters are trailers of the commit that created an execution; its life is a git
 note under refs/notes/expegit. Commands other than init and clone work anywhere inside a
-campaign. IDs are execution ids or any unique prefix of at least 4 characters.
+campaign. IDs are execution ids or any unique prefix of at least 4 characters; inside an
+execution's folder, exec params, finish and show default to that execution.
 
 Commands:
   init           Make PATH (default: here, or the CAMPAIGN_URL's name) a campaign of the
@@ -31,7 +32,7 @@ Commands:
                  short hashes and branch names work) with PARAMS, and place the code in
                  its folder; or, with --sweep, a whole batch in one operation. Prints the
                  new folders.
-  exec params    Print an execution's parameters: ./run $(git expegit exec params ID).
+  exec params    Print an execution's parameters: ./run $(git expegit exec params).
   finish         Commit an execution's results and logs and drop its code.
   exec reset     Make an execution new again: its results are deleted and its code
                  placed back in its folder.
@@ -108,9 +109,9 @@ def _dispatch(a: dict[str, object], cwd: Path) -> int:
                                            _opt(a["--grep"]), _opt(a["--commit"]),
                                            str(a["--format"]))
     if a["params"]:
-        return reading_cli.params(cwd, str(a["ID"]))
+        return reading_cli.params(cwd, _opt(a["ID"]))
     if a["show"]:
-        return reading_cli.show(cwd, str(a["ID"]))
+        return reading_cli.show(cwd, _opt(a["ID"]))
     # Imported only for the commands that write: they need pygit2, 100 ms to import, which
     # the reading commands above skip when the catalog's cache answers them.
     from git_expegit.commands import executions_cli
@@ -135,8 +136,8 @@ def _dispatch(a: dict[str, object], cwd: Path) -> int:
                                   bool(a["--dry-run"]), push, verbose)
     if a["finish"]:
         code = None if a["--exit-code"] is None else _int(a["--exit-code"], "--exit-code")
-        return executions_cli.finish(cwd, str(a["ID"]), code, push, verbose)
-    return executions_cli.reset_or_remove(cwd, str(a["ID"]), bool(a["remove"]), push,
+        return executions_cli.finish(cwd, _opt(a["ID"]), code, push, verbose)
+    return executions_cli.reset_or_remove(cwd, _opt(a["ID"]), bool(a["remove"]), push,
                                           verbose)
 
 

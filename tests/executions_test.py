@@ -49,10 +49,11 @@ def test_a_single_execution_has_its_folder_code_trailers_and_note(campaign: Path
 
 def test_the_seed_workflow_runs_and_finishes_with_lfs_results(campaign: Path) -> None:
     [folder] = _new(campaign, "--", "--seed", "3")
-    params = expegit("exec", "params", folder.name, cwd=folder).stdout.split()
+    # Inside its folder, an execution needs no ID: ./run $(git expegit exec params)
+    params = expegit("exec", "params", cwd=folder / "data").stdout.split()
     with open(folder / "stdout", "w") as out:
         subprocess.run(["./run", *params], cwd=folder, stdout=out, check=True)
-    expegit("exec", "finish", folder.name[:8], "--exit-code", "0", cwd=folder)
+    expegit("exec", "finish", "--exit-code", "0", cwd=folder)
     assert sorted(p.name for p in folder.iterdir()) == [".gitignore", "data", "stdout"]
     assert git("status", "--porcelain", "--untracked-files=all", cwd=campaign) == ""
     base = f"HEAD:{folder.relative_to(campaign)}"
@@ -66,6 +67,9 @@ def test_the_seed_workflow_runs_and_finishes_with_lfs_results(campaign: Path) ->
     shown = expegit("show", folder.name[:8], cwd=campaign).stdout
     assert "state       finished" in shown and "(lfs)  data/lfs/weights.bin" in shown
     assert re.search(rf"  {STAMP} finished exit=0\n", shown)
+    nowhere = expegit("exec", "params", cwd=campaign, check=False)
+    assert (nowhere.returncode, nowhere.stderr) == (
+        2, "expegit: which execution? give its ID, or run this inside its folder\n")
     again = expegit("finish", folder.name[:8], cwd=campaign, check=False)
     assert again.returncode == 4 and "is already finished" in again.stderr
 

@@ -43,9 +43,9 @@ def _expand(expression: str, repeat: int) -> list[str]:
         raise ExpegitError(f"bad --sweep expression at {e}", ExitCode.INPUT) from None
 
 
-def finish(cwd: Path, prefix: str, exit_code: int | None, push: bool, verbose: bool) -> int:
+def finish(cwd: Path, prefix: str | None, exit_code: int | None, push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
-    execution = catalog.resolve(found, prefix)
+    execution = catalog.resolve(found, prefix, cwd)
     if push:
         syncing.fetch(found)
     executions.finish(found, execution, exit_code)
@@ -55,9 +55,9 @@ def finish(cwd: Path, prefix: str, exit_code: int | None, push: bool, verbose: b
     return 0
 
 
-def reset_or_remove(cwd: Path, prefix: str, remove: bool, push: bool, verbose: bool) -> int:
+def reset_or_remove(cwd: Path, prefix: str | None, remove: bool, push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
-    execution = catalog.resolve(found, prefix)
+    execution = catalog.resolve(found, prefix, cwd)
     if push:
         syncing.fetch(found)
     (executions.remove if remove else executions.reset)(found, execution)

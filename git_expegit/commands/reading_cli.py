@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     import pygit2
 
 
-def params(cwd: Path, prefix: str) -> int:
-    print(catalog.resolve(campaign.find(cwd), prefix).parameters)
+def params(cwd: Path, prefix: str | None) -> int:
+    print(catalog.resolve(campaign.find(cwd), prefix, cwd).parameters)
     return 0
 
 
@@ -55,9 +55,9 @@ def _row(e: Execution) -> str:
             f"{e.field('exit') or '-':>4}  {e.parameters}")
 
 
-def show(cwd: Path, prefix: str) -> int:
+def show(cwd: Path, prefix: str | None) -> int:
     found = campaign.find(cwd)
-    e = catalog.resolve(found, prefix)
+    e = catalog.resolve(found, prefix, cwd)
     print(f"execution   {e.id}\nstate       {e.state}\ncommit      {e.commit}\n"
           f"parameters  {e.parameters}\nprofile     {e.profile or '-'}\n"
           f"folder      {campaign.folder(e.id)}\n\nlife:")
