@@ -4,9 +4,13 @@ them, an experiment to make campaigns of, and how a repository's storage is read
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 EXPERIMENT_FILES = 50
@@ -19,6 +23,24 @@ class BenchmarkFailed(Exception):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise BenchmarkFailed(message)
+
+
+@contextmanager
+def sandbox(prefix: str, keep: bool) -> Iterator[tuple[Shell, Path]]:
+    """A temporary folder with its own HOME, removed at the end unless `keep`."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield Shell(make_env(base)), base
+    finally:
+        if keep:
+            print(f"kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def failed(error: BenchmarkFailed) -> int:
+    print(f"BENCHMARK FAILED: {error}", file=sys.stderr)
+    return 2
 
 
 def make_env(base: Path) -> dict[str, str]:

@@ -15,11 +15,9 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,8 +27,9 @@ from pathlib import Path
 from harness import BenchmarkFailed
 from harness import Shell
 from harness import check
-from harness import make_env
+from harness import failed
 from harness import make_experiment
+from harness import sandbox
 from harness import storage
 
 from git_expegit.executions import GITIGNORE
@@ -213,19 +212,11 @@ def main() -> int:
     args = parser.parse_args()
     n, bn = args.n, min(args.baseline_n, args.n)
     load = os.getloadavg()[0]
-    tmp = tempfile.mkdtemp(prefix="expegit-bench-")
-    base = Path(tmp)
-    sh = Shell(make_env(base))
     try:
-        results = run(sh, base, args, n, bn)
+        with sandbox("expegit-bench-", args.keep) as (sh, base):
+            results = run(sh, base, args, n, bn)
     except BenchmarkFailed as e:
-        print(f"BENCHMARK FAILED: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if args.keep:
-            print(f"kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        return failed(e)
     return report(results, args, n, bn, load)
 
 

@@ -19,10 +19,8 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -33,8 +31,9 @@ from pathlib import Path
 from harness import BenchmarkFailed
 from harness import Shell
 from harness import check
-from harness import make_env
+from harness import failed
 from harness import make_experiment
+from harness import sandbox
 from harness import storage
 
 TRIES = re.compile(r"pushed after (\d+) tries")
@@ -133,18 +132,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    base = Path(tempfile.mkdtemp(prefix="expegit-sync-bench-"))
-    sh = Shell(make_env(base))
     try:
-        return run(sh, base, args, load)
+        with sandbox("expegit-sync-bench-", args.keep) as (sh, base):
+            return run(sh, base, args, load)
     except BenchmarkFailed as e:
-        print(f"BENCHMARK FAILED: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if args.keep:
-            print(f"kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        return failed(e)
 
 
 def run(sh: Shell, base: Path, args: argparse.Namespace, load: float) -> int:
