@@ -22,6 +22,7 @@ class ExitCode(enum.IntEnum):
 class ExpegitError(Exception):
     """An expected failure: its message is one line that says what is wrong and what to do."""
 
-    def __init__(self, message: str, code: ExitCode) -> None:
+    def __init__(self, message: str, code: ExitCode, detail: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.detail = detail  # what a failed git command said in full, shown with -v

@@ -31,7 +31,7 @@ def run(args: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None,
                             env=None if env is None else {**os.environ, **env})
     if result.returncode != 0:
         raise ExpegitError(f"{what or 'git ' + args[0]} failed: {last_line(result.stderr)}",
-                           code)
+                           code, result.stderr.decode(errors="replace"))
     return result.stdout.decode(errors="replace")
 
 

@@ -44,7 +44,8 @@ Commands:
   show           An execution's parameters, commit, life and files.
 
 Options:
-  -v, --verbose       Say what expegit does, on stderr.
+  -v, --verbose       Say what expegit does, on stderr, and all that a failed git
+                      command said.
   -p, --push          Sync with the remote after the change (checked before it).
   --profile=P         The runaway profile to run the executions with (recorded).
   --sweep=EXPR        A parameter expression (see the README): `--lr=0.1,0.01 --seed=range(3)`,
@@ -91,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args, Path.cwd())
     except ExpegitError as e:
+        if args["--verbose"] and e.detail:
+            sys.stderr.write("".join(f"expegit: | {line}\n" for line in e.detail.splitlines()))
         return fail(str(e), e.code)
     except KeyboardInterrupt:
         return fail("interrupted", ExitCode.INTERRUPTED)

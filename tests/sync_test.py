@@ -120,3 +120,15 @@ def test_a_real_conflict_is_reported_and_leaves_the_clone_as_it_was(tmp_path: Pa
     assert result.returncode == 7
     assert result.stderr.startswith(f"expegit: sync: this clone and origin both changed {path}/")
     assert snapshot(campaign)[1:] == before[1:]  # only the remote-tracking refs moved
+
+
+def test_verbose_shows_what_git_said_in_full(tmp_path: Path, campaign: Path) -> None:
+    git("remote", "set-url", "origin", str(tmp_path / "gone.git"), cwd=campaign)
+    quiet = expegit("sync", cwd=campaign, check=False)
+    verbose = expegit("-v", "sync", cwd=campaign, check=False)
+    assert quiet.returncode == verbose.returncode == 7
+    assert len(quiet.stderr.splitlines()) == 1
+    detail = verbose.stderr.splitlines()[:-1]
+    assert detail and all(line.startswith("expegit: | ") for line in detail)
+    assert any("does not appear to be a git repository" in line for line in detail)
+    assert verbose.stderr.splitlines()[-1] == quiet.stderr.strip()
