@@ -21,6 +21,9 @@ ZERO = "0" * 40
 # Submodules from local paths are refused by default since git 2.38.1; the user named the
 # experiment's address, so expegit allows it for its own submodule commands.
 FILE_PROTOCOL = ("-c", "protocol.file.allow=always")
+# git fetch and push may start a gc in the background, which deletes packs that git-lfs or a
+# later step is reading: sync turns that off and runs gc itself, in the foreground, at the end.
+NO_AUTO_GC = ("-c", "gc.auto=0", "-c", "maintenance.auto=false")
 
 
 def run(args: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None,
@@ -66,6 +69,12 @@ def checkout_change(cwd: Path, old_tree: str, new_tree: str) -> None:
     only the paths that differ, and never over a local change."""
     run(["read-tree", "-m", "-u", old_tree, new_tree], cwd,
         what="updating the work tree (a local change is in the way)", code=ExitCode.DIRTY)
+
+
+def collect_garbage(cwd: Path) -> None:
+    """What fetch and push would have started in the background, done now, in the
+    foreground, under the campaign's lock: repack when git thinks it is time."""
+    run(["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"], cwd, what="git gc --auto")
 
 
 def require_lfs(cwd: Path, configured: bool) -> None:

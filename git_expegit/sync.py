@@ -53,6 +53,7 @@ def sync(campaign: Campaign, tries: int = TRIES) -> Report:
                 continue
             received += _integrate(campaign)
             if _push(campaign):
+                git.collect_garbage(campaign.root)
                 return Report(received, attempt)
             time.sleep(random.uniform(0.05, 0.2) * attempt)
     raise ExpegitError(f"the remote kept moving: push rejected {tries} times; run git expegit "
@@ -62,8 +63,9 @@ def sync(campaign: Campaign, tries: int = TRIES) -> Report:
 def fetch(campaign: Campaign) -> None:
     """Fetch the branch and the notes; nothing local moves, so a failure changes nothing."""
     _require_remote(campaign)
-    git.run(["fetch", "--quiet", "--no-tags", REMOTE, f"+refs/heads/*:refs/remotes/{REMOTE}/*",
-             f"+{NOTES_REF}*:{REMOTE_NOTES}*"], campaign.root, code=ExitCode.REMOTE,
+    git.run([*git.NO_AUTO_GC, "fetch", "--quiet", "--no-tags", REMOTE,
+             f"+refs/heads/*:refs/remotes/{REMOTE}/*", f"+{NOTES_REF}*:{REMOTE_NOTES}*"],
+            campaign.root, code=ExitCode.REMOTE,
             what=f"fetching from {REMOTE} (nothing was changed)")
 
 
@@ -175,8 +177,8 @@ def _push(campaign: Campaign) -> bool:
     refspecs = [f"{branch}:{branch}"]
     if campaign.notes() is not None:
         refspecs.append(f"{NOTES_REF}:{NOTES_REF}")
-    result = subprocess.run(["git", "push", "--porcelain", "--atomic", "--quiet", REMOTE,
-                             *refspecs], cwd=campaign.root, capture_output=True,
+    result = subprocess.run(["git", *git.NO_AUTO_GC, "push", "--porcelain", "--atomic",
+                             "--quiet", REMOTE, *refspecs], cwd=campaign.root, capture_output=True,
                             env={**os.environ, "GIT_LFS_SKIP_PUSH": "1"})
     if result.returncode == 0:
         return True
