@@ -79,7 +79,9 @@ class Campaign:
         import pygit2
 
         try:
-            return pygit2.Repository(str(self.root / EXPERIMENT))
+            # NO_SEARCH: without it, an uninitialised xprp/ would open the campaign itself.
+            return pygit2.Repository(str(self.root / EXPERIMENT),
+                                     pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
         except pygit2.GitError:
             raise ExpegitError(f"the experiment submodule {EXPERIMENT}/ is missing: run "
                                "git submodule update --init", ExitCode.CAMPAIGN) from None

@@ -25,7 +25,7 @@ from git_expegit.campaign import ExecutionId
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 STATES = ("created", "queued", "running", "finished", "failed")
 # The event that sets each state; "reset" makes an execution new again.
 _STATE_OF = {"created": "created", "reset": "created", "queued": "queued",

@@ -9,6 +9,7 @@ user's back.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import shutil
@@ -130,7 +131,12 @@ def experiment_commit(campaign: Campaign, revision: str | None) -> str:
         if head is None or EXPERIMENT not in head.tree:
             raise ExpegitError(f"the campaign has no {EXPERIMENT} submodule: run git expegit "
                                "init", ExitCode.CAMPAIGN)
-        return str(head.tree[EXPERIMENT].id)
+        pinned = head.tree[EXPERIMENT].id
+        if pinned not in campaign.experiment():
+            raise ExpegitError(f"the experiment's pinned commit {str(pinned)[:12]} is not in "
+                               f"{EXPERIMENT}/: run git submodule update --init",
+                               ExitCode.CAMPAIGN)
+        return str(pinned)
     try:
         return str(campaign.experiment().revparse_single(revision).peel(pygit2.Commit).id)
     except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
@@ -222,12 +228,17 @@ def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> N
     path = folder(execution.id)
     git.require_lfs(campaign.root, _lfs_configured(campaign))
     with editing(campaign) as edit:
+        _refuse_finished(edit, execution)  # again, under the lock: another finish may have won
         _refuse_tracked_changes(campaign, path)
-        git.run(["-c", "filter.lfs.required=true", "add", "-A", "--", path], campaign.root,
-                what="adding the results")
+        # --force: results must not be lost to the user's own ignore rules (a global
+        # `*.log`); the folder's .gitignore already keeps the code out.
+        results = [f"{path}/{name}" for name in ("data", "stdout", "stderr")
+                   if (campaign.root / path / name).exists()]
+        git.run(["-c", "filter.lfs.required=true", "add", "-A", "--force", "--", *results],
+                campaign.root, what="adding the results")
         try:
-            results = git.run(["write-tree", f"--prefix={path}/"], campaign.root).strip()
-            edit.set_folder(execution.id, pygit2.Oid(hex=results))
+            tree = git.run(["write-tree", f"--prefix={path}/"], campaign.root).strip()
+            edit.set_folder(execution.id, pygit2.Oid(hex=tree))
             status = "finished" if exit_code in (0, None) else "failed"
             edit.commit(f"Finish execution {execution.id[:8]}\n\n"
                         f"Expegit-Execution: {execution.id}\nExpegit-Status: {status}\n"
@@ -238,6 +249,16 @@ def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> N
             git.run(["reset", "-q", "--", path], campaign.root)  # the index as it was
             raise
     _drop_code(campaign, path)
+
+
+def _refuse_finished(edit: _Edit, execution: Execution) -> None:
+    if folder(execution.id) not in edit.head.tree:
+        raise ExpegitError(f"execution {execution.id[:8]} was removed", ExitCode.INPUT)
+    log = notes.read(edit.campaign.repo, _notes_tree(edit.campaign), execution.creation)
+    now = dataclasses.replace(execution, log=tuple(log.splitlines()))
+    if now.state in ("finished", "failed"):
+        raise ExpegitError(f"execution {execution.id[:8]} is already {now.state}: use git "
+                           "expegit exec reset to run it again", ExitCode.INPUT)
 
 
 def _refuse_tracked_changes(campaign: Campaign, path: str) -> None:

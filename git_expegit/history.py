@@ -39,12 +39,13 @@ def _update_history(repo: pygit2.Repository, cache: Cache, tip: pygit2.Commit | 
     if cache.history and cache.head:
         walker.hide(pygit2.Oid(hex=cache.head))
     for commit in walker:
-        trailers = commit.message_trailers
+        # libgit2 gives an empty trailer value as "\n": values are stripped.
+        trailers = {k: v.strip() for k, v in commit.message_trailers.items()}
         execution = trailers.get("Expegit-Execution")
         if execution and "Expegit-Status" not in trailers:  # the commit that created it
             cache.history[execution] = [str(commit.id), trailers.get("Expegit-Commit", ""),
                                         trailers.get("Expegit-Parameters", ""),
-                                        trailers.get("Expegit-Profile")]
+                                        trailers.get("Expegit-Profile") or None]
 
 
 def _ancestor(repo: pygit2.Repository, old: str, tip: pygit2.Commit) -> bool:

@@ -140,7 +140,7 @@ class ObjectStore:
         self._bases.clear()
         if entries:
             # libgit2 rescans the pack folder when an object is missing, so no reload.
-            _write_pack(Path(self.repo.path) / "objects" / "pack", entries)
+            _write_pack(_common_dir(Path(self.repo.path)) / "objects" / "pack", entries)
 
     def _pack_entry(self, oid: pygit2.Oid) -> tuple[bytes, bytes]:
         """The object's id and its entry in the pack: whole, or as a delta on its base."""
@@ -151,6 +151,14 @@ class ObjectStore:
             return oid.raw, (_entry_header(_REF_DELTA, len(delta)) + base.raw
                              + zlib.compress(delta, 1))
         return oid.raw, _entry_header(_TYPES[kind], len(data)) + zlib.compress(data, 1)
+
+
+def _common_dir(git_dir: Path) -> Path:
+    """Where the objects are: a linked worktree's git dir names it in its `commondir`."""
+    commondir = git_dir / "commondir"
+    if commondir.is_file():
+        return (git_dir / commondir.read_text().strip()).resolve()
+    return git_dir
 
 
 def _write_pack(folder: Path, entries: list[tuple[bytes, bytes]]) -> None:

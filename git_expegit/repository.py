@@ -43,7 +43,7 @@ def init(experiment_url: str, path: Path, campaign_url: str | None) -> Campaign:
         raise ExpegitError(f"{path} is already a campaign ({CONFIG} exists)", ExitCode.CAMPAIGN)
     git.run(["ls-remote", "--quiet", experiment_url], Path.cwd(), code=ExitCode.INPUT,
             what=f"reading the experiment at {experiment_url}")
-    created = not path.exists()
+    created, had_git = not path.exists(), (path / ".git").exists()
     try:
         _init_repository(path)
         _configure(path)
@@ -59,6 +59,13 @@ def init(experiment_url: str, path: Path, campaign_url: str | None) -> Campaign:
     except BaseException:
         if created:
             shutil.rmtree(path, ignore_errors=True)
+        elif not had_git:  # the folder was the user's: take back only what init added
+            for added in (".git", ".gitmodules", EXPERIMENT, EXECUTIONS, CONFIG):
+                target = path / added
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                elif added != EXPERIMENT or target.is_symlink():
+                    target.unlink(missing_ok=True)
         raise
     return find(path)
 
@@ -124,13 +131,33 @@ def update_experiment(campaign: Campaign) -> str | None:
     newest = git.run(["rev-parse", "--verify", "refs/remotes/origin/HEAD^{commit}"],
                      root / EXPERIMENT, what="finding the experiment's default branch").strip()
     with editing(campaign) as edit:
-        if EXPERIMENT in edit.head.tree and str(edit.head.tree[EXPERIMENT].id) == newest:
+        pinned = str(edit.head.tree[EXPERIMENT].id) if EXPERIMENT in edit.head.tree else None
+        # The submodule moves first: local changes there stop everything before a commit.
+        _check_out(root, newest)
+        if pinned == newest:
             return None
         root_entries = edit.store.entries(edit.root)
         root_entries[EXPERIMENT] = Entry(GITLINK, pygit2.Oid(hex=newest))
         edit.root = edit.store.tree(root_entries)
         edit.commit(f"Update the experiment to {newest[:12]}\n")
-        edit.publish("update-expe", checkout=False)
-    git.run(["checkout", "--quiet", "--detach", newest], root / EXPERIMENT)
+        try:
+            edit.publish("update-expe", checkout=False)
+        except ExpegitError:
+            if pinned is not None:
+                _check_out(root, pinned)
+            raise
     git.run(["reset", "--quiet", "--", EXPERIMENT], root)
     return newest
+
+
+def _check_out(root: Path, commit: str) -> None:
+    """Put the experiment submodule's work tree at `commit`."""
+    git.run(["checkout", "--quiet", "--detach", commit], root / EXPERIMENT, code=ExitCode.DIRTY,
+            what=f"checking out {commit[:12]} in {EXPERIMENT}/ (commit or stash your changes "
+                 "there first)")
+
+
+def follow_experiment(root: Path) -> None:
+    """After a sync brought another clone's update-expe: the submodule to the new pin."""
+    git.run([*git.FILE_PROTOCOL, "submodule", "--quiet", "update", "--init", "--", EXPERIMENT],
+            root, code=ExitCode.DIRTY, what=f"updating {EXPERIMENT}/ to the pinned commit")

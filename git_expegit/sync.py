@@ -19,6 +19,8 @@ import pygit2
 
 from git_expegit import git
 from git_expegit import notes
+from git_expegit import repository
+from git_expegit.campaign import EXPERIMENT
 from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
 from git_expegit.errors import ExitCode
@@ -110,15 +112,22 @@ def _integrate(campaign: Campaign) -> int:
     git.update_refs(campaign.root, moves, "expegit: sync")
     if new_tip != ours and new_tip is not None:
         old_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904" if head is None else str(head.tree_id)
+        new_tree = repo[new_tip].peel(pygit2.Tree)
         try:
-            git.checkout_change(campaign.root, old_tree, str(repo[new_tip].peel(pygit2.Tree).id))
+            git.checkout_change(campaign.root, old_tree, str(new_tree.id))
         except ExpegitError:
             git.update_refs(campaign.root, {r: (n, o) for r, (o, n) in moves.items()},
                             "expegit: undo sync")
             raise
+        if _pin(new_tree) != (None if head is None else _pin(head.tree)):
+            repository.follow_experiment(campaign.root)  # read-tree leaves submodules be
     if ours is None or new_tip is None or new_tip == ours:
         return 0
     return sum(1 for _ in _new_commits(repo, new_tip, ours))
+
+
+def _pin(tree: pygit2.Tree) -> pygit2.Oid | None:
+    return tree[EXPERIMENT].id if EXPERIMENT in tree else None
 
 
 def _new_commits(repo: pygit2.Repository, tip: pygit2.Oid, old: pygit2.Oid) -> pygit2.Walker:
@@ -143,11 +152,13 @@ def _merge_commits(repo: pygit2.Repository, ours: pygit2.Oid, theirs: pygit2.Oid
                    ident: str) -> pygit2.Oid:
     """A merge commit of the branch; executions live in disjoint folders, so a conflict
     means two clones changed the same file, which a person must settle."""
-    index = repo.merge_commits(ours, theirs)
+    # No rename detection: every execution has the same .gitignore, so "remove one, create
+    # another" would look like a rename and clash with the other side's removal.
+    index = repo.merge_commits(ours, theirs, flags=pygit2.enums.MergeFlag(0))
     if index.conflicts is not None:
         name = next(e.path for entries in index.conflicts for e in entries if e is not None)
         raise ExpegitError(f"sync: this clone and {REMOTE} both changed {name}; merge it by "
-                           f"hand (git merge {REMOTE}/main), then run git expegit sync",
+                           f"hand (git merge {REMOTE}/<branch>), then run git expegit sync",
                            ExitCode.REMOTE)
     tree = index.write_tree(repo)
     name, email, when, offset = _parse_ident(ident)
@@ -185,7 +196,7 @@ def _push(campaign: Campaign) -> bool:
     out = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
     # "[rejected]" (the remote moved first) or "[remote rejected]" (it could not take the
     # push just now: a lock, an unpacker busy with another clone's push): both are retried.
-    if "rejected]" in out or "atomic push failed" in out:
+    if ("rejected]" in out or "atomic push failed" in out) and "declined" not in out:
         return False
     raise ExpegitError(f"pushing to {REMOTE} failed: {git.last_line(result.stderr)}; your "
                        "work is committed here: run git expegit sync later", ExitCode.REMOTE)

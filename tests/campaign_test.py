@@ -167,3 +167,24 @@ def test_help_and_usage_errors(tmp_path: Path) -> None:
         pytest.skip("man page not installed (editable install)")
     done = expegit("--help", cwd=tmp_path, env={**os.environ, "MANPAGER": "cat", "PAGER": "cat"})
     assert "Count the executions in each state." in done.stdout
+
+
+def test_a_failed_init_in_a_users_folder_takes_back_what_it_added(tmp_path: Path,
+                                                                  experiment: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "xprp").write_text("in the way\n")
+    (folder / "notes.md").write_text("mine\n")
+    result = expegit("init", str(experiment), cwd=folder, check=False)
+    assert result.returncode == 4 and len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.md", "xprp"]
+    assert (folder / "xprp").read_text() == "in the way\n"
+
+
+def test_init_push_without_a_remote_is_refused_first(tmp_path: Path, experiment: Path) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir()
+    result = expegit("init", "-p", str(experiment), cwd=folder, check=False)
+    assert (result.returncode, result.stderr) == (
+        2, f"expegit: -p needs a remote: give CAMPAIGN_URL, or add origin to {folder} first\n")
+    assert list(folder.iterdir()) == []

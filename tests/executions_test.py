@@ -253,3 +253,39 @@ def test_reset_of_a_single_execution_places_its_code_again(campaign: Path) -> No
     assert (folder / "run").is_file() and not (folder / "data" / "arguments.txt").exists()
     assert git("status", "--porcelain", "--untracked-files=all", cwd=campaign) == ""
     assert expegit("list", cwd=campaign).stdout.split()[1] == "created"
+
+
+def test_results_ignored_by_the_users_own_rules_are_still_committed(home: Path,
+                                                                   campaign: Path) -> None:
+    (home / "excludes").write_text("*.log\n*.pt\n")
+    git("config", "--global", "core.excludesFile", str(home / "excludes"), cwd=campaign)
+    [folder] = _new(campaign)
+    (folder / "data" / "metrics.log").write_text("loss 0.1\n")
+    (folder / "data" / "lfs" / "model.pt").write_bytes(b"weights")
+    expegit("finish", "--exit-code", "0", cwd=folder)
+    base = f"HEAD:{folder.relative_to(campaign)}/data"
+    assert git("show", f"{base}/metrics.log", cwd=campaign) == "loss 0.1\n"
+    assert git("show", f"{base}/lfs/model.pt", cwd=campaign).startswith("version https://git-lfs")
+
+
+def test_two_finishes_at_once_record_one(campaign: Path) -> None:
+    [folder] = _new(campaign)
+    procs = [subprocess.Popen(["git", "expegit", "finish", "--exit-code", str(code),
+                               folder.name], cwd=campaign, stderr=subprocess.PIPE, text=True)
+             for code in (0, 3)]
+    results = sorted((p.wait(timeout=120), p.stderr.read()) for p in procs)  # type: ignore
+    assert results[0][0] == 0 and results[1][0] == 4 and "is already" in results[1][1]
+    assert len(_trailer(campaign, "Expegit-Status", 1)) == 1
+    log = json.loads(expegit("list", "--format=json", cwd=campaign).stdout)[0]["log"]
+    assert [line.split()[1] for line in log][1:] in (["finished"], ["failed"])
+
+
+def test_an_uninitialised_experiment_is_named(tmp_path: Path, campaign: Path) -> None:
+    copy = tmp_path / "plain-clone"
+    git("clone", "-q", str(tmp_path / "campaign.git"), str(copy), cwd=tmp_path)
+    before = snapshot(copy)
+    for args in (["exec", "new"], ["exec", "new", "main"]):
+        result = expegit(*args, cwd=copy, check=False)
+        assert result.returncode in (3, 4) and len(result.stderr.splitlines()) == 1, args
+        assert "submodule" in result.stderr or "update-expe" in result.stderr
+    assert snapshot(copy) == before

@@ -132,3 +132,41 @@ def test_verbose_shows_what_git_said_in_full(tmp_path: Path, campaign: Path) -> 
     assert detail and all(line.startswith("expegit: | ") for line in detail)
     assert any("does not appear to be a git repository" in line for line in detail)
     assert verbose.stderr.splitlines()[-1] == quiet.stderr.strip()
+
+
+def test_removing_on_both_sides_while_creating_does_not_conflict(tmp_path: Path,
+                                                                 campaign: Path) -> None:
+    [path] = expegit("exec", "new", "-p", cwd=campaign).stdout.split()
+    other = _clone(tmp_path, "other")
+    expegit("exec", "remove", "-p", Path(path).name, cwd=other)
+    expegit("exec", "remove", Path(path).name, cwd=campaign)
+    expegit("exec", "new", cwd=campaign)  # same .gitignore: no rename may be guessed
+    expegit("sync", cwd=campaign)
+    assert len(expegit("list", cwd=campaign).stdout.splitlines()) == 1
+
+
+def test_sync_brings_the_experiment_another_clone_pinned(tmp_path: Path, campaign: Path,
+                                                         experiment: Path) -> None:
+    other = _clone(tmp_path, "other")
+    work = tmp_path / "expe"
+    (work / "model.py").write_text("print('v2')\n")
+    git("commit", "-q", "-am", "v2", cwd=work)
+    git("push", "-q", str(experiment), "main", cwd=work)
+    expegit("update-expe", "-p", cwd=campaign)
+    expegit("sync", cwd=other)
+    assert (other / "xprp" / "model.py").read_text() == "print('v2')\n"
+    assert git("status", "--porcelain", cwd=other) == ""
+
+
+def test_update_expe_with_local_changes_in_the_experiment_changes_nothing(
+        tmp_path: Path, campaign: Path, experiment: Path) -> None:
+    work = tmp_path / "expe"
+    (work / "model.py").write_text("print('v2')\n")
+    git("commit", "-q", "-am", "v2", cwd=work)
+    git("push", "-q", str(experiment), "main", cwd=work)
+    (campaign / "xprp" / "model.py").write_text("print('my local edit')\n")
+    before = git("rev-parse", "HEAD", cwd=campaign)
+    result = expegit("update-expe", cwd=campaign, check=False)
+    assert result.returncode == 6 and "commit or stash your changes there first" in result.stderr
+    assert git("rev-parse", "HEAD", cwd=campaign) == before
+    assert (campaign / "xprp" / "model.py").read_text() == "print('my local edit')\n"
