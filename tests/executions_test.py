@@ -289,3 +289,18 @@ def test_an_uninitialised_experiment_is_named(tmp_path: Path, campaign: Path) ->
         assert result.returncode in (3, 4) and len(result.stderr.splitlines()) == 1, args
         assert "submodule" in result.stderr or "update-expe" in result.stderr
     assert snapshot(copy) == before
+
+
+def test_a_linked_worktree_of_a_campaign_works(tmp_path: Path, campaign: Path) -> None:
+    git("worktree", "add", "-q", str(tmp_path / "wt"), "-b", "other", cwd=campaign)
+    wt = tmp_path / "wt"
+    missing = expegit("exec", "new", cwd=wt, check=False)
+    assert (missing.returncode, missing.stderr) == (3, "expegit: the experiment submodule xprp/ "
+                                                       "is missing: run git submodule update "
+                                                       "--init\n")
+    git("-c", "protocol.file.allow=always", "submodule", "update", "-q", "--init", cwd=wt)
+    folders = _new(wt, "--sweep", "x=1,2")
+    assert [f.parent.parent.parent for f in folders] == [wt, wt]
+    assert len(expegit("list", cwd=wt).stdout.splitlines()) == 2
+    assert expegit("list", cwd=campaign).stdout == ""  # another branch
+    assert git("fsck", "--strict", cwd=campaign) == ""
