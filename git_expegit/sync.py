@@ -49,17 +49,26 @@ def sync(campaign: Campaign, tries: int = TRIES) -> Report:
         # skips the LFS hook's upload (GIT_LFS_SKIP_PUSH), so the window between our fetch
         # and our push, in which another clone's push makes ours fail, is shorter.
         _push_lfs(campaign)
+        rejected = ExpegitError(f"the remote kept moving: push rejected {tries} times; run "
+                                "git expegit sync again", ExitCode.REMOTE)
+        failure = rejected
         for attempt in range(1, tries + 1):
             # Fetched again even the first time: other clones pushed during the LFS upload.
-            if not _fetched(campaign):
+            # A remote busy with their pushes (or its own gc) sometimes fails one fetch,
+            # which changes nothing here: it is retried, and reported if it never works.
+            try:
+                fetch(campaign)
+            except ExpegitError as e:
+                failure = e
+                time.sleep(random.uniform(0.1, 0.3))
                 continue
+            failure = rejected
             received += _integrate(campaign)
             if _push(campaign):
                 git.collect_garbage(campaign.root)
                 return Report(received, attempt)
             time.sleep(random.uniform(0.05, 0.2) * attempt)
-    raise ExpegitError(f"the remote kept moving: push rejected {tries} times; run git expegit "
-                       "sync again", ExitCode.REMOTE)
+    raise failure
 
 
 def fetch(campaign: Campaign) -> None:
@@ -69,17 +78,6 @@ def fetch(campaign: Campaign) -> None:
              f"+refs/heads/*:refs/remotes/{REMOTE}/*", f"+{NOTES_REF}*:{REMOTE_NOTES}*"],
             campaign.root, code=ExitCode.REMOTE,
             what=f"fetching from {REMOTE} (nothing was changed)")
-
-
-def _fetched(campaign: Campaign) -> bool:
-    """Fetch again within the retries: a remote busy with other clones' pushes (or its own
-    gc) sometimes fails one fetch, which changes nothing here, so it is simply retried."""
-    try:
-        fetch(campaign)
-    except ExpegitError:
-        time.sleep(random.uniform(0.1, 0.3))
-        return False
-    return True
 
 
 def _require_remote(campaign: Campaign) -> None:
