@@ -27,6 +27,7 @@ from git_expegit import git
 from git_expegit import notes
 from git_expegit.campaign import EXECUTIONS
 from git_expegit.campaign import EXPERIMENT
+from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
 from git_expegit.campaign import ExecutionId
 from git_expegit.campaign import folder
@@ -45,7 +46,6 @@ GITIGNORE = (b"# Added by git expegit: only results are committed; the code is d
              b"finish.\n/*\n!/.gitignore\n!/data/\n!/stdout\n!/stderr\n")
 LFS_ATTRIBUTES = (b"* filter=lfs diff=lfs merge=lfs -text\n"
                   b".gitattributes -filter -diff -merge text\n")
-EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 
 @dataclass
@@ -97,19 +97,10 @@ class _Edit:
         new_notes = notes.commit(store, tree, [] if old_notes is None else [old_notes.id],
                                  self.ident, f"Notes added by 'git expegit {message}'")
         store.write()
-        branch = campaign.branch()
-        moves = {branch: (str(self.head.id), str(self.tip)),
-                 "refs/notes/expegit": (None if old_notes is None else str(old_notes.id),
-                                        str(new_notes))}
-        git.update_refs(campaign.root, moves, f"expegit: {message}")
-        if not checkout:
-            return
-        try:
-            git.checkout_change(campaign.root, str(self.head.tree_id), str(self.root))
-        except ExpegitError:
-            git.update_refs(campaign.root, {ref: (new, old) for ref, (old, new) in moves.items()},
-                            f"expegit: undo {message}")
-            raise
+        moves = {campaign.branch(): (str(self.head.id), str(self.tip)),
+                 NOTES_REF: (None if old_notes is None else str(old_notes.id), str(new_notes))}
+        git.publish(campaign.root, moves, message,
+                    (str(self.head.tree_id), str(self.root)) if checkout else None)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
 ZERO = "0" * 40
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 # Submodules from local paths are refused by default since git 2.38.1; the user named the
 # experiment's address, so expegit allows it for its own submodule commands.
 FILE_PROTOCOL = ("-c", "protocol.file.allow=always")
@@ -69,6 +70,21 @@ def checkout_change(cwd: Path, old_tree: str, new_tree: str) -> None:
     only the paths that differ, and never over a local change."""
     run(["read-tree", "-m", "-u", old_tree, new_tree], cwd,
         what="updating the work tree (a local change is in the way)", code=ExitCode.DIRTY)
+
+
+def publish(cwd: Path, moves: Mapping[str, tuple[str | None, str | None]], message: str,
+            trees: tuple[str, str] | None) -> None:
+    """Move the refs at once, then bring the work tree from `trees[0]` to `trees[1]`; if a
+    local change is in the way, the refs go back, so nothing has changed."""
+    update_refs(cwd, moves, f"expegit: {message}")
+    if trees is None:
+        return
+    try:
+        checkout_change(cwd, *trees)
+    except ExpegitError:
+        update_refs(cwd, {ref: (new, old) for ref, (old, new) in moves.items()},
+                    f"expegit: undo {message}")
+        raise
 
 
 def collect_garbage(cwd: Path) -> None:

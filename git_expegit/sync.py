@@ -96,7 +96,7 @@ def _integrate(campaign: Campaign) -> int:
     theirs = None if theirs_ref is None else _oid(theirs_ref.target)
     ident = git.ident(campaign.root)
     store = ObjectStore(repo)
-    new_tip = _unite(repo, ours, theirs, lambda o, t: _merge_commits(repo, o, t, ident))
+    new_tip = _unite(repo, ours, theirs, lambda o, t: _merge_commits(store, repo, o, t, ident))
     old_notes = campaign.notes()
     old_notes_id = None if old_notes is None else old_notes.id
     their_notes = None if notes_ref is None else _oid(notes_ref.target)
@@ -107,19 +107,15 @@ def _integrate(campaign: Campaign) -> int:
     store.write()
     moves = {branch: (_hex(ours), _hex(new_tip)), NOTES_REF: (_hex(old_notes_id), _hex(new_notes))}
     moves = {ref: move for ref, move in moves.items() if move[0] != move[1]}
-    git.update_refs(campaign.root, moves, "expegit: sync")
-    if new_tip != ours and new_tip is not None:
-        old_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904" if head is None else str(head.tree_id)
-        new_tree = repo[new_tip].peel(pygit2.Tree)
-        try:
-            git.checkout_change(campaign.root, old_tree, str(new_tree.id))
-        except ExpegitError:
-            git.update_refs(campaign.root, {r: (n, o) for r, (o, n) in moves.items()},
-                            "expegit: undo sync")
-            raise
-        if _pin(new_tree) != (None if head is None else _pin(head.tree)):
-            repository.follow_experiment(campaign.root)  # read-tree leaves submodules be
-    if ours is None or new_tip is None or new_tip == ours:
+    if new_tip == ours or new_tip is None:
+        git.publish(campaign.root, moves, "sync", None)
+        return 0
+    new_tree = repo[new_tip].peel(pygit2.Tree)
+    git.publish(campaign.root, moves, "sync",
+                (git.EMPTY_TREE if head is None else str(head.tree_id), str(new_tree.id)))
+    if _pin(new_tree) != (None if head is None else _pin(head.tree)):
+        repository.follow_experiment(campaign.root)  # read-tree leaves submodules be
+    if ours is None:
         return 0
     return sum(1 for _ in _new_commits(repo, new_tip, ours))
 
@@ -146,8 +142,8 @@ def _unite(repo: pygit2.Repository, ours: pygit2.Oid | None, theirs: pygit2.Oid 
     return merge(ours, theirs)
 
 
-def _merge_commits(repo: pygit2.Repository, ours: pygit2.Oid, theirs: pygit2.Oid,
-                   ident: str) -> pygit2.Oid:
+def _merge_commits(store: ObjectStore, repo: pygit2.Repository, ours: pygit2.Oid,
+                   theirs: pygit2.Oid, ident: str) -> pygit2.Oid:
     """A merge commit of the branch; executions live in disjoint folders, so a conflict
     means two clones changed the same file, which a person must settle."""
     # No rename detection: every execution has the same .gitignore, so "remove one, create
@@ -158,19 +154,8 @@ def _merge_commits(repo: pygit2.Repository, ours: pygit2.Oid, theirs: pygit2.Oid
         raise ExpegitError(f"sync: this clone and {REMOTE} both changed {name}; merge it by "
                            f"hand (git merge {REMOTE}/<branch>), then run git expegit sync",
                            ExitCode.REMOTE)
-    tree = index.write_tree(repo)
-    name, email, when, offset = _parse_ident(ident)
-    signature = pygit2.Signature(name, email, when, offset)
-    return repo.create_commit(None, signature, signature,
-                              f"Merge executions from {REMOTE}\n", tree, [ours, theirs])
-
-
-def _parse_ident(ident: str) -> tuple[str, str, int, int]:
-    person, _, rest = ident.rpartition(">")
-    name, _, email = person.partition("<")
-    when, offset = rest.split()
-    minutes = int(offset[1:3]) * 60 + int(offset[3:5])
-    return name.strip(), email, int(when), -minutes if offset[0] == "-" else minutes
+    return store.commit(index.write_tree(repo), [ours, theirs],
+                        f"Merge executions from {REMOTE}\n", ident)
 
 
 def _push_lfs(campaign: Campaign) -> None:
