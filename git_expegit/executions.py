@@ -213,13 +213,10 @@ def _blob(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
 def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> None:
     """Commit the execution's results (data/, data/lfs/ through LFS, the logs), record its
     end in the notes, then drop the experiment code from its folder."""
-    if execution.state in ("finished", "failed"):
-        raise ExpegitError(f"execution {execution.id[:8]} is already {execution.state}: use "
-                           "git expegit exec reset to run it again", ExitCode.INPUT)
     path = folder(execution.id)
-    git.require_lfs(campaign.root, _lfs_configured(campaign))
+    git.require_lfs(campaign.root, campaign.repo)
     with editing(campaign) as edit:
-        _refuse_finished(edit, execution)  # again, under the lock: another finish may have won
+        _refuse_finished(edit, execution)  # under the lock: another finish may have won
         _refuse_tracked_changes(campaign, path)
         # --force: results must not be lost to the user's own ignore rules (a global
         # `*.log`); the folder's .gitignore already keeps the code out.
@@ -265,11 +262,6 @@ def _drop_code(campaign: Campaign, path: str) -> None:
     """Remove what git does not track in the folder (the code), but never touch data/."""
     git.run(["clean", "-d", "-x", "-f", "-q", "--", path, f":(exclude){path}/data"],
             campaign.root)
-
-
-def _lfs_configured(campaign: Campaign) -> bool:
-    return "filter.lfs.process" in campaign.repo.config and (
-        Path(campaign.repo.path) / "hooks" / "pre-push").is_file()
 
 
 def reset(campaign: Campaign, execution: Execution) -> None:

@@ -13,9 +13,13 @@ import subprocess
 from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
+
+if TYPE_CHECKING:
+    import pygit2
 
 ZERO = "0" * 40
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -93,12 +97,13 @@ def collect_garbage(cwd: Path) -> None:
     run(["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"], cwd, what="git gc --auto")
 
 
-def require_lfs(cwd: Path, configured: bool) -> None:
-    """Fail early, before anything is written, when git-lfs is missing; set up its filters
-    and hooks in this repository when they are not (`configured` says whether they are)."""
+def require_lfs(cwd: Path, repo: pygit2.Repository | None = None) -> None:
+    """Fail early, before anything is written, when git-lfs is missing; with `repo`, also
+    set up its filters and hooks there when they are not."""
     if shutil.which("git-lfs") is None:
         raise ExpegitError("git-lfs is not installed: install it (e.g. apt-get install "
                            "git-lfs) and retry", ExitCode.TOOLS)
-    if not configured:
+    if repo is not None and not ("filter.lfs.process" in repo.config
+                                 and (Path(repo.path) / "hooks" / "pre-push").is_file()):
         run(["lfs", "install", "--local"], cwd, what="git lfs install --local",
             code=ExitCode.TOOLS)

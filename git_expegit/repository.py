@@ -38,7 +38,7 @@ def init(experiment_url: str, path: Path, campaign_url: str | None) -> Campaign:
     """Make `path` a campaign; with `campaign_url`, create the remote there (a local path
     becomes a bare repository) and make it `origin`."""
     experiment_url = absolute_url(experiment_url)
-    git.require_lfs(path if path.is_dir() else Path.cwd(), configured=True)
+    git.require_lfs(path if path.is_dir() else Path.cwd())
     if (path / CONFIG).exists():
         raise ExpegitError(f"{path} is already a campaign ({CONFIG} exists)", ExitCode.CAMPAIGN)
     git.run(["ls-remote", "--quiet", experiment_url], Path.cwd(), code=ExitCode.INPUT,
@@ -102,7 +102,7 @@ def _create_remote(path: Path, url: str) -> None:
 
 def clone(url: str, path: Path) -> Campaign:
     """Clone a campaign with its experiment submodule, its notes and its LFS files."""
-    git.require_lfs(Path.cwd(), configured=True)
+    git.require_lfs(Path.cwd())
     if path.exists() and any(path.iterdir()):
         raise ExpegitError(f"{path} exists and is not empty: choose another PATH",
                            ExitCode.INPUT)

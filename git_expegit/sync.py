@@ -41,7 +41,7 @@ class Report:
 def sync(campaign: Campaign, tries: int = TRIES) -> Report:
     """Bring the remote's executions here and ours there; retry when another clone won."""
     _require_remote(campaign)
-    git.require_lfs(campaign.root, "filter.lfs.process" in campaign.repo.config)
+    git.require_lfs(campaign.root, campaign.repo)
     received = 0
     with campaign.locked():
         fetch(campaign)  # first: an unreachable remote fails here, before anything changes
