@@ -29,7 +29,6 @@ CONFIG = ".expegit.yml"
 EXPERIMENT = "xprp"
 EXECUTIONS = "excs"
 NOTES_REF = "refs/notes/expegit"
-CONFIG_KEYS = {"experiment": str, "layout": int}
 LAYOUT = 1
 
 
@@ -44,10 +43,6 @@ class Campaign:
         import pygit2
 
         return pygit2.Repository(str(self.root))
-
-    @property
-    def experiment_url(self) -> str:
-        return str(read_config(self.root / CONFIG)["experiment"])
 
     @property
     def state_dir(self) -> Path:
@@ -122,26 +117,6 @@ def _git_dir(dot_git: Path) -> Path:
         return dot_git
     text = dot_git.read_text().strip()
     return (dot_git.parent / text.removeprefix("gitdir:").strip()).resolve()
-
-
-def read_config(path: Path) -> dict[str, object]:
-    import yaml  # here: importing it costs status and list a tenth of their time
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ExpegitError(f"{path}: cannot read it: {str(e).splitlines()[0]}",
-                           ExitCode.CAMPAIGN) from None
-    if not isinstance(data, dict):
-        raise ExpegitError(f"{path}: expected keys {', '.join(CONFIG_KEYS)}",
-                           ExitCode.CAMPAIGN)
-    for key, value in data.items():
-        if key not in CONFIG_KEYS or not isinstance(value, CONFIG_KEYS[key]):
-            raise ExpegitError(f"{path}: bad key {key!r}; the keys are "
-                               f"{', '.join(CONFIG_KEYS)}", ExitCode.CAMPAIGN)
-    if "experiment" not in data:
-        raise ExpegitError(f"{path}: missing key 'experiment'", ExitCode.CAMPAIGN)
-    return data
 
 
 def write_config(path: Path, experiment_url: str) -> None:
