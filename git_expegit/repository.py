@@ -43,7 +43,10 @@ def init(experiment_url: str, path: Path, campaign_url: str | None) -> Campaign:
         raise ExpegitError(f"{path} is already a campaign ({CONFIG} exists)", ExitCode.CAMPAIGN)
     git.run(["ls-remote", "--quiet", experiment_url], Path.cwd(), code=ExitCode.INPUT,
             what=f"reading the experiment at {experiment_url}")
-    created, had_git = not path.exists(), (path / ".git").exists()
+    created = not path.exists()
+    # What init may add to a folder of the user's; on failure, only what it added goes.
+    added = [path / name for name in (".git", ".gitmodules", EXPERIMENT, EXECUTIONS, CONFIG)
+             if not (path / name).exists() and not (path / name).is_symlink()]
     try:
         _init_repository(path)
         _configure(path)
@@ -57,15 +60,11 @@ def init(experiment_url: str, path: Path, campaign_url: str | None) -> Campaign:
         if campaign_url is not None:
             _create_remote(path, campaign_url)
     except BaseException:
-        if created:
-            shutil.rmtree(path, ignore_errors=True)
-        elif not had_git:  # the folder was the user's: take back only what init added
-            for added in (".git", ".gitmodules", EXPERIMENT, EXECUTIONS, CONFIG):
-                target = path / added
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target, ignore_errors=True)
-                elif added != EXPERIMENT or target.is_symlink():
-                    target.unlink(missing_ok=True)
+        for target in [path] if created else added:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
         raise
     return find(path)
 
