@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
+
+import pytest
 
 import git_expegit.main
 import git_runaway.main
@@ -25,6 +29,19 @@ def render(name: str, doc: str | None) -> str:
 def test_man_pages_are_the_usage_texts():
     for path, (name, doc) in PAGES.items():
         assert path.read_text() == render(name, doc), "regenerate: python -m tests.manpage_test"
+
+
+@pytest.mark.parametrize(("tool", "phrase"), [("runaway", "Run a folder's script on a host"),
+                                              ("expegit", "Count the executions in each state.")])
+def test_help_through_git_opens_the_man_page(tool: str, phrase: str, tmp_path: Path):
+    # `git TOOL --help` is `git help TOOL`: the man page that `pip install .` installs.
+    if subprocess.run(["man", "-w", f"git-{tool}"], capture_output=True).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"the git-{tool} man page is not installed")
+        pytest.skip("man page not installed (editable install)")
+    done = subprocess.run(["git", tool, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "MANPAGER": "cat", "PAGER": "cat"})
+    assert phrase in done.stdout
 
 
 if __name__ == "__main__":
