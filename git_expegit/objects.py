@@ -65,11 +65,14 @@ class ObjectStore:
         self._rows: dict[pygit2.Oid, tuple[list[bytes], list[bytes]]] = {}
         self._bases: dict[pygit2.Oid, tuple[pygit2.Oid, int]] = {}
 
-    def _add(self, kind: str, data: bytes) -> pygit2.Oid:
+    @staticmethod
+    def _hash(kind: str, data: bytes) -> pygit2.Oid:
         header = f"{kind} {len(data)}\0".encode()
-        oid = pygit2.Oid(raw=hashlib.sha1(header + data).digest())
-        if oid not in self._pending:
-            self._pending[oid] = (kind, data)
+        return pygit2.Oid(raw=hashlib.sha1(header + data).digest())
+
+    def _add(self, kind: str, data: bytes) -> pygit2.Oid:
+        oid = self._hash(kind, data)
+        self._pending.setdefault(oid, (kind, data))
         return oid
 
     def blob(self, data: bytes) -> pygit2.Oid:
@@ -101,16 +104,21 @@ class ObjectStore:
         else:
             ordered = sorted((_sort_key(name, e), _row(name, e)) for name, e in entries.items())
             keys, rows = [key for key, _ in ordered], [row for _, row in ordered]
-        oid = self._add("tree", b"".join(rows))
+        data = b"".join(rows)
+        # Only a tree new to this store gets a base: one built earlier (an edit undone) may
+        # be the base of `base` already, and a delta cycle would make the pack unreadable.
+        oid = self._hash("tree", data)
+        known = oid in self._pending
+        self._pending.setdefault(oid, ("tree", data))
         self._trees[oid] = dict(entries)
         self._rows[oid] = (keys, rows)
         # Small trees (an execution's bucket, the root) are cheaper to store whole than to
         # diff; the large ones, like excs/, are where deltas pay.
-        if (base is not None and base in self._pending and base != oid
-                and len(self._pending[oid][1]) > _DELTA_MIN):
+        if (not known and base is not None and base in self._pending
+                and len(data) > _DELTA_MIN):
             depth = self._bases[base][1] + 1 if base in self._bases else 1
             if depth <= _MAX_DEPTH:
-                self._bases.setdefault(oid, (base, depth))
+                self._bases[oid] = (base, depth)
         return oid
 
     def commit(self, tree: pygit2.Oid, parents: Iterable[pygit2.Oid], message: str,
