@@ -13,6 +13,8 @@ import random
 import subprocess
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pygit2
@@ -69,6 +71,17 @@ def sync(campaign: Campaign, tries: int = TRIES) -> Report:
                 return Report(received, attempt)
             time.sleep(random.uniform(0.05, 0.2) * attempt)
     raise failure
+
+
+@contextmanager
+def pushing(campaign: Campaign, push: bool) -> Iterator[None]:
+    """The `-p` of a command: the remote is checked before the change, so an unreachable
+    one changes nothing, and synced after it."""
+    if push:
+        fetch(campaign)
+    yield
+    if push:
+        sync(campaign)
 
 
 def fetch(campaign: Campaign) -> None:

@@ -25,14 +25,11 @@ def new(cwd: Path, commit: str | None, params: list[str], expression: str | None
         return 0
     found = campaign.find(cwd)
     full = executions.experiment_commit(found, commit)
-    if push:
-        syncing.fetch(found)
-    ids = executions.create(found, full, strings, profile, place_code=expression is None)
-    logger(verbose)(f"created {len(ids)} execution(s) of {full[:12]}")
-    for execution in ids:
-        print(relative(found.root / campaign.folder(execution), cwd))
-    if push:
-        syncing.sync(found)
+    with syncing.pushing(found, push):
+        ids = executions.create(found, full, strings, profile, place_code=expression is None)
+        logger(verbose)(f"created {len(ids)} execution(s) of {full[:12]}")
+        for execution in ids:
+            print(relative(found.root / campaign.folder(execution), cwd))
     return 0
 
 
@@ -46,22 +43,16 @@ def _expand(expression: str, repeat: int) -> list[str]:
 def finish(cwd: Path, prefix: str | None, exit_code: int | None, push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
     execution = catalog.resolve(found, prefix, cwd)
-    if push:
-        syncing.fetch(found)
-    executions.finish(found, execution, exit_code)
-    logger(verbose)(f"finished {execution.id}")
-    if push:
-        syncing.sync(found)
+    with syncing.pushing(found, push):
+        executions.finish(found, execution, exit_code)
+        logger(verbose)(f"finished {execution.id}")
     return 0
 
 
 def reset_or_remove(cwd: Path, prefix: str | None, remove: bool, push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
     execution = catalog.resolve(found, prefix, cwd)
-    if push:
-        syncing.fetch(found)
-    (executions.remove if remove else executions.reset)(found, execution)
-    logger(verbose)(f"{'removed' if remove else 'reset'} {execution.id}")
-    if push:
-        syncing.sync(found)
+    with syncing.pushing(found, push):
+        (executions.remove if remove else executions.reset)(found, execution)
+        logger(verbose)(f"{'removed' if remove else 'reset'} {execution.id}")
     return 0

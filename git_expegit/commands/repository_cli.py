@@ -46,13 +46,10 @@ def clone(url: str, path: str | None, verbose: bool) -> int:
 
 def update_expe(cwd: Path, push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
-    if push:
-        syncing.fetch(found)
-    newest = repository.update_experiment(found)
-    logger(verbose)("the experiment is already up to date" if newest is None
-                    else f"experiment pinned at {newest[:12]}")
-    if push:
-        syncing.sync(found)
+    with syncing.pushing(found, push):
+        newest = repository.update_experiment(found)
+        logger(verbose)("the experiment is already up to date" if newest is None
+                        else f"experiment pinned at {newest[:12]}")
     return 0
 
 
