@@ -10,20 +10,19 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from typing import NewType
 
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
+from git_expegit.record import ExecutionId as ExecutionId  # re-exported
 
 if TYPE_CHECKING:
     import pygit2
-
-ExecutionId = NewType("ExecutionId", str)
 
 CONFIG = ".expegit.yml"
 EXPERIMENT = "xprp"
@@ -82,14 +81,37 @@ class Campaign:
                                "git submodule update --init", ExitCode.CAMPAIGN) from None
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """All writes to the campaign go through this lock: CLI, hook, agent and web UI."""
+    def locked(self, wait: bool = True) -> Iterator[bool]:
+        """All writes to the campaign go through this lock: CLI, hook, agent and web UI.
+        Without `wait`, it yields False at once when another process holds it."""
         fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
         finally:
             os.close(fd)
+
+    def clone_id(self) -> str:
+        """This clone's id, which orders the events two clones wrote at the same step."""
+        path = self.state_dir / "clone-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        value = secrets.token_hex(4)
+        tmp = path.with_name(f".clone-id-{value}.tmp")
+        tmp.write_text(value + "\n")
+        try:
+            os.link(tmp, path)  # the first writer wins; a concurrent one reads its id
+        except FileExistsError:
+            value = path.read_text().strip()
+        finally:
+            tmp.unlink()
+        return value
 
 
 def folder(execution: ExecutionId) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from git_expegit import record
 from git_expegit import refs
 from git_expegit.campaign import EXECUTIONS
 from git_expegit.campaign import NOTES_REF
@@ -26,10 +27,7 @@ from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
 CACHE_VERSION = 3
-STATES = ("created", "queued", "running", "finished", "failed")
-# The event that sets each state; "reset" makes an execution new again.
-_STATE_OF = {"created": "created", "reset": "created", "queued": "queued",
-             "running": "running", "finished": "finished", "failed": "failed"}
+STATES = record.STATES
 
 
 @dataclass(frozen=True)
@@ -42,20 +40,12 @@ class Execution:
     log: tuple[str, ...]
 
     @property
-    def state(self) -> str:
-        for line in reversed(self.log):
-            kind = line.split(" ", 2)[1] if " " in line else ""
-            if kind in _STATE_OF:
-                return _STATE_OF[kind]
-        return "created"
+    def state(self) -> record.State:
+        return record.state(self.log)
 
     def field(self, name: str) -> str | None:
         """The latest value of `name=` in the log (host, job, exit, duration...)."""
-        for line in reversed(self.log):
-            for word in line.split(" ")[2:]:
-                if word.startswith(name + "="):
-                    return word[len(name) + 1:]
-        return None
+        return record.latest(self.log, name)
 
     def as_json(self) -> dict[str, object]:
         return {"id": self.id, "state": self.state, "commit": self.commit,
@@ -67,6 +57,12 @@ class Execution:
 
 def executions(campaign: Campaign) -> list[Execution]:
     """Every execution in the current tree, oldest first."""
+    if (campaign.git_dir / "expegit" / "publish.json").exists():
+        # A publish that a dead process left half done: completed first, so that what is
+        # read is whole (transaction.py, imported only then: it needs pygit2).
+        from git_expegit import transaction
+
+        transaction.recover_if_interrupted(campaign)
     cache = Cache.load(campaign.state_dir / "catalog.json")
     tip = refs.read(campaign.git_dir, "HEAD")
     notes_tip = refs.read(campaign.git_dir, NOTES_REF)

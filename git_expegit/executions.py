@@ -1,33 +1,27 @@
 """Creating, finishing, resetting and removing executions: the write side.
 
-Every operation builds its commits and notes in memory (`ObjectStore`), writes them as
-one pack, then moves the branch and `refs/notes/expegit` together with a compare-and-swap,
-and only then brings the index and work tree along, as `git checkout` would. A failure
-before the refs move leaves nothing behind; the work tree is never touched behind the
-user's back.
+Every operation is a `Transaction`: its commits and notes are built in memory and
+published whole or not at all (see transaction.py). The work tree is never touched behind
+the user's back: only the folders an operation changes, never over a local change.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
 
 from git_expegit import git
-from git_expegit import notes
-from git_expegit.campaign import EXECUTIONS
+from git_expegit import record
+from git_expegit import transaction
 from git_expegit.campaign import EXPERIMENT
-from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
 from git_expegit.campaign import ExecutionId
 from git_expegit.campaign import folder
@@ -40,79 +34,17 @@ from git_expegit.objects import LINK
 from git_expegit.objects import TREE
 from git_expegit.objects import Entry
 from git_expegit.objects import ObjectStore
+from git_expegit.record import Trailer
 
 # Only the results are committed: data/ (data/lfs/ through Git LFS) and the logs.
 GITIGNORE = (b"# Added by git expegit: only results are committed; the code is dropped at "
              b"finish.\n/*\n!/.gitignore\n!/data/\n!/stdout\n!/stderr\n")
 LFS_ATTRIBUTES = (b"* filter=lfs diff=lfs merge=lfs -text\n"
                   b".gitattributes -filter -diff -merge text\n")
-
-
-@dataclass
-class _Edit:
-    """An operation being built: the new branch tip and the notes to append."""
-
-    campaign: Campaign
-    store: ObjectStore
-    ident: str
-    head: pygit2.Commit
-    tip: pygit2.Oid
-    root: pygit2.Oid
-    texts: dict[str, str]
-
-    def set_folder(self, execution: ExecutionId, tree: pygit2.Oid | None) -> None:
-        """Put `tree` at the execution's folder, or remove the folder when None."""
-        store, bucket_name = self.store, execution[:2]
-        root = store.entries(self.root)
-        excs_old = root[EXECUTIONS].oid if EXECUTIONS in root else None
-        excs = store.entries(excs_old)
-        bucket_old = excs[bucket_name].oid if bucket_name in excs else None
-        bucket = store.entries(bucket_old)
-        if tree is None:
-            bucket.pop(execution, None)
-        else:
-            bucket[execution] = Entry(TREE, tree)
-        if bucket:
-            excs[bucket_name] = Entry(TREE, store.tree(bucket, base=bucket_old))
-        else:
-            excs.pop(bucket_name, None)
-        root[EXECUTIONS] = Entry(TREE, store.tree(excs, base=excs_old))
-        self.root = store.tree(root, base=self.root)
-
-    def commit(self, message: str) -> pygit2.Oid:
-        self.tip = self.store.commit(self.root, [self.tip], message, self.ident)
-        return self.tip
-
-    def log(self, creation: str, line: str) -> None:
-        if creation not in self.texts:
-            self.texts[creation] = notes.read(self.campaign.repo, _notes_tree(self.campaign),
-                                              creation)
-        self.texts[creation] += line
-
-    def publish(self, message: str, checkout: bool = True) -> None:
-        """Write the objects, move both refs at once, then bring the work tree along."""
-        campaign, store = self.campaign, self.store
-        old_notes = campaign.notes()
-        tree = notes.edit(store, None if old_notes is None else old_notes.tree_id, self.texts)
-        new_notes = notes.commit(store, tree, [] if old_notes is None else [old_notes.id],
-                                 self.ident, f"Notes added by 'git expegit {message}'")
-        store.write()
-        moves = {campaign.branch(): (str(self.head.id), str(self.tip)),
-                 NOTES_REF: (None if old_notes is None else str(old_notes.id), str(new_notes))}
-        git.publish(campaign.root, moves, message,
-                    (str(self.head.tree_id), str(self.root)) if checkout else None)
-
-
-@contextmanager
-def editing(campaign: Campaign) -> Iterator[_Edit]:
-    """Hold the campaign's lock while an operation is built and published."""
-    with campaign.locked():
-        head = campaign.head()
-        if head is None:
-            raise ExpegitError("the campaign has no commit yet: run git expegit init",
-                               ExitCode.CAMPAIGN)
-        yield _Edit(campaign, ObjectStore(campaign.repo), git.ident(campaign.root), head,
-                    head.id, head.tree_id, {})
+# What an execution's folder holds besides the code: everything else a run creates is lost.
+KEPT = (".gitignore", "data", "stdout", "stderr")
+# How many names of files created outside data/ a note records.
+_OUTSIDE_NAMES = 20
 
 
 def experiment_commit(campaign: Campaign, revision: str | None) -> str:
@@ -140,35 +72,37 @@ def create(campaign: Campaign, commit: str, parameters: Sequence[str], profile: 
            place_code: bool = False) -> list[ExecutionId]:
     """New executions of `commit`, one per parameter string, each created by its own commit,
     all published at once."""
+    parameters = [text.strip() for text in parameters]
     for text in parameters:
-        if "\n" in text or "\r" in text:
-            raise ExpegitError("parameters must fit on one line", ExitCode.INPUT)
+        _check(Trailer.PARAMETERS, text)
+    _check(Trailer.PROFILE, profile)
     generator = f"{getpass.getuser()}@{socket.gethostname()}"
     batch = str(uuid.uuid4()) if len(parameters) > 1 else None
     ids: list[ExecutionId] = []
-    with editing(campaign) as edit:
-        template = _template(edit.store)
+    with transaction.begin(campaign) as tx:
+        template = _template(tx.store)
         for text in parameters:
             execution = ExecutionId(str(uuid.uuid4()))
-            edit.set_folder(execution, template)
-            creation = edit.commit(_creation_message(execution, commit, text, profile))
-            edit.texts[str(creation)] = notes.event("created", by=generator, commit=commit[:12],
-                                                    batch=batch)
+            tx.set_folder(execution, template)
+            creation = tx.commit(record.message(f"Create execution {execution[:8]}", {
+                Trailer.EXECUTION: execution, Trailer.COMMIT: commit,
+                Trailer.PARAMETERS: text, Trailer.PROFILE: profile}))
+            tx.texts[str(creation)] = ""
+            tx.log(str(creation), "created", by=generator, commit=commit[:12], batch=batch)
             ids.append(execution)
-        edit.publish("exec new")
+        tx.publish("exec new")
         if place_code:
             for execution in ids:
                 write_code(campaign, commit, campaign.root / folder(execution))
     return ids
 
 
-def _creation_message(execution: ExecutionId, commit: str, parameters: str,
-                      profile: str | None) -> str:
-    trailers = [f"Expegit-Execution: {execution}", f"Expegit-Commit: {commit}",
-                f"Expegit-Parameters: {parameters.strip()}"]
-    if profile:
-        trailers.append(f"Expegit-Profile: {profile}")
-    return f"Create execution {execution[:8]}\n\n" + "\n".join(trailers) + "\n"
+def _check(key: Trailer, value: str | None) -> None:
+    if value is not None:
+        try:
+            record.check_value(key, value)
+        except record.RecordError as e:
+            raise ExpegitError(str(e), ExitCode.INPUT) from None
 
 
 def _template(store: ObjectStore) -> pygit2.Oid:
@@ -210,42 +144,53 @@ def _blob(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
     return blob.data
 
 
-def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> None:
+@dataclass(frozen=True)
+class Finished:
+    status: record.State
+    outside: list[str]  # files the run created outside data/: not kept
+
+
+def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> Finished:
     """Commit the execution's results (data/, data/lfs/ through LFS, the logs), record its
     end in the notes, then drop the experiment code from its folder."""
     path = folder(execution.id)
     git.require_lfs(campaign.root, campaign.repo)
-    with editing(campaign) as edit:
-        _refuse_finished(edit, execution)  # under the lock: another finish may have won
+    with transaction.begin(campaign) as tx:
+        _refuse_done(tx, execution)  # under the lock: another finish may have won
         _refuse_tracked_changes(campaign, path)
-        # --force: results must not be lost to the user's own ignore rules (a global
-        # `*.log`); the folder's .gitignore already keeps the code out.
-        results = [f"{path}/{name}" for name in ("data", "stdout", "stderr")
-                   if (campaign.root / path / name).exists()]
-        git.run(["-c", "filter.lfs.required=true", "add", "-A", "--force", "--", *results],
-                campaign.root, what="adding the results")
-        try:
-            tree = git.run(["write-tree", f"--prefix={path}/"], campaign.root).strip()
-            edit.set_folder(execution.id, pygit2.Oid(hex=tree))
-            status = "finished" if exit_code in (0, None) else "failed"
-            edit.commit(f"Finish execution {execution.id[:8]}\n\n"
-                        f"Expegit-Execution: {execution.id}\nExpegit-Status: {status}\n"
-                        f"Expegit-Exit-Code: {'unknown' if exit_code is None else exit_code}\n")
-            edit.log(execution.creation, notes.event(status, exit=exit_code))
-            edit.publish("finish", checkout=False)
-        except BaseException:
-            git.run(["reset", "-q", "--", path], campaign.root)  # the index as it was
-            raise
+        _refuse_repositories(campaign.root, path)
+        outside = _created_outside(campaign, execution)
+        tx.set_folder(execution.id, _add_results(tx, path))
+        status = record.State.FINISHED if exit_code in (0, None) else record.State.FAILED
+        tx.commit(record.message(f"Finish execution {execution.id[:8]}", {
+            Trailer.EXECUTION: execution.id, Trailer.STATUS: status,
+            Trailer.EXIT_CODE: "unknown" if exit_code is None else str(exit_code)}))
+        shown = outside[:_OUTSIDE_NAMES] + ([f"+{len(outside) - _OUTSIDE_NAMES}"]
+                                            if len(outside) > _OUTSIDE_NAMES else [])
+        tx.log(execution.creation, status, exit=exit_code, lost=",".join(shown) or None)
+        tx.publish("finish", worktree=False)
     _drop_code(campaign, path)
+    return Finished(status, outside)
 
 
-def _refuse_finished(edit: _Edit, execution: Execution) -> None:
-    if folder(execution.id) not in edit.head.tree:
+def _add_results(tx: transaction.Transaction, path: str) -> pygit2.Oid:
+    """Stage the results in the transaction's private index; their tree."""
+    root, env = tx.campaign.root, {"GIT_INDEX_FILE": str(tx.private_index())}
+    # --force: results must not be lost to the user's own ignore rules (a global `*.log`);
+    # the folder's .gitignore already keeps the code out.
+    results = [f"{path}/{name}" for name in KEPT[1:] if (root / path / name).exists()]
+    git.run(["-c", "filter.lfs.required=true", "add", "-A", "--force", "--", *results], root,
+            env=env, what="adding the results")
+    tx.staged.add(path)
+    return pygit2.Oid(hex=git.run(["write-tree", f"--prefix={path}/"], root, env=env).strip())
+
+
+def _refuse_done(tx: transaction.Transaction, execution: Execution) -> None:
+    if folder(execution.id) not in tx.head.tree:
         raise ExpegitError(f"execution {execution.id[:8]} was removed", ExitCode.INPUT)
-    log = notes.read(edit.campaign.repo, _notes_tree(edit.campaign), execution.creation)
-    now = dataclasses.replace(execution, log=tuple(log.splitlines()))
-    if now.state in ("finished", "failed"):
-        raise ExpegitError(f"execution {execution.id[:8]} is already {now.state}: use git "
+    now = record.state(tx.note(execution.creation).splitlines())
+    if now in record.DONE:
+        raise ExpegitError(f"execution {execution.id[:8]} is already {now}: use git "
                            "expegit exec reset to run it again", ExitCode.INPUT)
 
 
@@ -258,6 +203,41 @@ def _refuse_tracked_changes(campaign: Campaign, path: str) -> None:
                            ExitCode.DIRTY)
 
 
+def _refuse_repositories(root: Path, path: str) -> None:
+    """A git repository among the results would be committed as a link to a commit that
+    no remote has: its files would never leave this machine."""
+    data = root / path / "data"
+    for folder_, folders, files in os.walk(data):
+        if ".git" in folders or ".git" in files:
+            inner = os.path.relpath(folder_, root)
+            raise ExpegitError(f"{inner} is a git repository (it holds a .git), which git "
+                               f"would not store: remove {inner}/.git or move it out of "
+                               "data/, then finish again", ExitCode.INPUT)
+
+
+def _created_outside(campaign: Campaign, execution: Execution) -> list[str]:
+    """The files of the folder that are neither results nor the experiment's code: the
+    run created them outside data/, and finish drops them with the code."""
+    base = campaign.root / folder(execution.id)
+    try:
+        code = campaign.experiment()[pygit2.Oid(hex=execution.commit)].peel(pygit2.Tree)
+    except (ExpegitError, KeyError, ValueError):
+        return []  # without the experiment, the code cannot be told from the rest
+    found = []
+    for here, folders, files in os.walk(base):
+        relative = os.path.relpath(here, base)
+        if relative == ".":
+            folders[:] = [f for f in folders if f not in KEPT]
+            files = [f for f in files if f not in KEPT]
+        for name in sorted(files) + sorted(f for f in folders if os.path.islink(
+                os.path.join(here, f))):
+            path = name if relative == "." else f"{relative}/{name}"
+            if path not in code:
+                found.append(path)
+        folders.sort()
+    return found
+
+
 def _drop_code(campaign: Campaign, path: str) -> None:
     """Remove what git does not track in the folder (the code), but never touch data/."""
     git.run(["clean", "-d", "-x", "-f", "-q", "--", path, f":(exclude){path}/data"],
@@ -268,31 +248,40 @@ def reset(campaign: Campaign, execution: Execution) -> None:
     """Make the execution new again, as the seed did: its results are deleted, its log says
     so, and its folder gets the experiment code back, ready for ./run."""
     path = folder(execution.id)
-    with editing(campaign) as edit:
-        edit.set_folder(execution.id, _template(edit.store))
-        edit.commit(f"Reset execution {execution.id[:8]}\n\n"
-                    f"Expegit-Execution: {execution.id}\nExpegit-Status: reset\n")
-        edit.log(execution.creation, notes.event("reset"))
-        edit.publish("exec reset")
+    experiment_commit(campaign, execution.commit)  # checked first: the code must come back
+    with transaction.begin(campaign) as tx:
+        tx.set_folder(execution.id, _template(tx.store))
+        tx.commit(record.message(f"Reset execution {execution.id[:8]}", {
+            Trailer.EXECUTION: execution.id, Trailer.STATUS: "reset"}))
+        tx.log(execution.creation, "reset")
+        tx.publish("exec reset")
         _drop_code(campaign, path)
         write_code(campaign, execution.commit, campaign.root / path)
 
 
-def remove(campaign: Campaign, execution: Execution) -> None:
-    """Delete the execution's folder; its history and log stay in git."""
+def remove(campaign: Campaign, execution: Execution, force: bool = False) -> None:
+    """Delete the execution's folder; its history and log stay in git. Results that are
+    not committed are deleted only with `force`, as git rm does."""
     path = folder(execution.id)
-    with editing(campaign) as edit:
-        edit.set_folder(execution.id, None)
-        edit.commit(f"Remove execution {execution.id[:8]}\n\n"
-                    f"Expegit-Execution: {execution.id}\nExpegit-Status: removed\n")
-        edit.log(execution.creation, notes.event("removed"))
-        edit.publish("exec remove")
+    with transaction.begin(campaign) as tx:
+        if not force:
+            _refuse_uncommitted(campaign, path)
+        tx.set_folder(execution.id, None)
+        tx.commit(record.message(f"Remove execution {execution.id[:8]}", {
+            Trailer.EXECUTION: execution.id, Trailer.STATUS: "removed"}))
+        tx.log(execution.creation, "removed")
+        tx.publish("exec remove", force=force)
         shutil.rmtree(campaign.root / path, ignore_errors=True)
         bucket = (campaign.root / path).parent
         if bucket.is_dir() and not any(bucket.iterdir()):
             bucket.rmdir()
 
 
-def _notes_tree(campaign: Campaign) -> pygit2.Tree | None:
-    commit = campaign.notes()
-    return None if commit is None else commit.tree
+def _refuse_uncommitted(campaign: Campaign, path: str) -> None:
+    # The folder's .gitignore hides the code, so what shows is results and changes.
+    changed = git.run(["status", "--porcelain", "--untracked-files=all", "--", path],
+                      campaign.root).splitlines()
+    if changed:
+        raise ExpegitError(f"{path} has results that are not committed ({changed[0][3:]}): "
+                           "finish the execution first, or use exec remove --force to delete "
+                           "them", ExitCode.DIRTY)

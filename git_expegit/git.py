@@ -8,6 +8,7 @@ Objects and refs are built with pygit2 and `objects.py`; refs are moved here wit
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -65,30 +66,22 @@ def update_refs(cwd: Path, moves: Mapping[str, tuple[str | None, str | None]],
     for ref, (old, new) in moves.items():
         lines.append(f"update {ref} {new or ZERO} {old or ZERO}")
     lines += ["prepare", "commit"]
-    run(["update-ref", "-m", message, "--stdin"], cwd, input="\n".join(lines).encode() + b"\n",
-        what="moving refs (someone changed the repository at the same time; retry)")
-
-
-def checkout_change(cwd: Path, old_tree: str, new_tree: str) -> None:
-    """Bring the index and the work tree from one tree to the other, as `git checkout` does:
-    only the paths that differ, and never over a local change."""
-    run(["read-tree", "-m", "-u", old_tree, new_tree], cwd,
-        what="updating the work tree (a local change is in the way)", code=ExitCode.DIRTY)
-
-
-def publish(cwd: Path, moves: Mapping[str, tuple[str | None, str | None]], message: str,
-            trees: tuple[str, str] | None) -> None:
-    """Move the refs at once, then bring the work tree from `trees[0]` to `trees[1]`; if a
-    local change is in the way, the refs go back, so nothing has changed."""
-    update_refs(cwd, moves, f"expegit: {message}")
-    if trees is None:
-        return
     try:
-        checkout_change(cwd, *trees)
-    except ExpegitError:
-        update_refs(cwd, {ref: (new, old) for ref, (old, new) in moves.items()},
-                    f"expegit: undo {message}")
-        raise
+        run(["update-ref", "-m", message, "--stdin"], cwd,
+            input="\n".join(lines).encode() + b"\n", what="moving refs")
+    except ExpegitError as e:
+        # Only a ref that is not where it was read is a race; a full disk or a read-only
+        # repository is reported as what it is.
+        if "but expected" in e.detail or "reference already exists" in e.detail:
+            raise ExpegitError("someone changed the repository at the same time (a ref moved "
+                               "while this was built): nothing was changed; retry",
+                               ExitCode.GIT, e.detail) from None
+        busy = re.search(r"Unable to create '([^']+\.lock)': File exists", e.detail)
+        if busy:
+            raise ExpegitError(f"{busy[1]} exists: another git command is moving that ref; "
+                               f"if none is, one died there: remove {busy[1]} and retry "
+                               "(nothing was changed)", ExitCode.GIT, e.detail) from None
+        raise ExpegitError(f"{e}; nothing was changed", ExitCode.GIT, e.detail) from None
 
 
 def collect_garbage(cwd: Path) -> None:

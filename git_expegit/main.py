@@ -8,7 +8,7 @@ Usage:
   git expegit exec params [ID]
   git expegit [-v] (finish | exec finish) [-p] [--exit-code=N] [ID]
   git expegit [-v] exec reset [-p] ID
-  git expegit [-v] exec remove [-p] ID
+  git expegit [-v] exec remove [-p] [--force] ID
   git expegit [-v] update-expe [-p]
   git expegit [-v] sync
   git expegit status
@@ -52,7 +52,8 @@ Options:
                       or the original grammar `--lr¤0.1;0.01` (`|` may replace `¤`).
   -r N, --repeat=N    Create each parameter string N times in a row [default: 1].
   --dry-run           Print the parameter strings, one a line, and create nothing.
-  --exit-code=N       The run's exit code, recorded at finish.
+  --exit-code=N       The run's exit code (0 to 255), recorded at finish.
+  --force             Remove an execution even with results that are not committed.
   --state=S           Only executions in state S (created, queued, running, finished,
                       failed).
   --grep=TEXT         Only executions whose parameters contain TEXT.
@@ -70,7 +71,9 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from docopt import DocoptExit
@@ -86,13 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # The usage says `git expegit ...`: docopt reads "git" as the program and
         # "expegit" as a command.
-        args = docopt(__doc__, argv=["expegit", *(sys.argv[1:] if argv is None else argv)])
+        args = Args(docopt(__doc__, argv=["expegit", *(sys.argv[1:] if argv is None else argv)]),
+                    Path.cwd())
     except DocoptExit:
         return fail("invalid command line; see git expegit -h", ExitCode.USAGE)
     try:
-        return _dispatch(args, Path.cwd())
+        return _command(args)(args)
     except ExpegitError as e:
-        if args["--verbose"] and e.detail:
+        if args.flag("--verbose") and e.detail:
             sys.stderr.write("".join(f"expegit: | {line}\n" for line in e.detail.splitlines()))
         return fail(str(e), e.code)
     except KeyboardInterrupt:
@@ -103,54 +107,129 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ExitCode.INTERNAL)
 
 
-def _dispatch(a: dict[str, object], cwd: Path) -> int:
-    verbose, push = bool(a["--verbose"]), bool(a["--push"])
-    if a["status"]:
-        return reading_cli.status(cwd)
-    if a["list"]:
-        return reading_cli.list_executions(cwd, _opt(a["--state"]), _opt(a["--profile"]),
-                                           _opt(a["--grep"]), _opt(a["--commit"]),
-                                           str(a["--format"]))
-    if a["params"]:
-        return reading_cli.params(cwd, _opt(a["ID"]))
-    if a["show"]:
-        return reading_cli.show(cwd, _opt(a["ID"]))
-    # Imported only for the commands that write: they need pygit2, 100 ms to import, which
-    # the reading commands above skip when the catalog's cache answers them.
-    from git_expegit.commands import executions_cli
+@dataclass(frozen=True)
+class Args:
+    """docopt's answer, read with the types each command needs."""
+
+    values: dict[str, object]
+    cwd: Path
+
+    def flag(self, name: str) -> bool:
+        return bool(self.values.get(name))
+
+    def opt(self, name: str) -> str | None:
+        value = self.values.get(name)
+        return None if value is None else str(value)
+
+    def int(self, name: str, low: int, high: int) -> int | None:
+        value = self.values.get(name)
+        if value is None:
+            return None
+        try:
+            number = int(str(value))
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            raise ExpegitError(f"{name} needs a whole number from {low} to {high}, not "
+                               f"{value!r}", ExitCode.USAGE)
+        return number
+
+    def list(self, name: str) -> list[str]:
+        value = self.values.get(name)
+        assert isinstance(value, list)
+        return [str(item) for item in value]
+
+
+Handler = Callable[[Args], int]
+
+
+def _command(a: Args) -> Handler:
+    """The handler of the command docopt matched: the first of its words found in the
+    table (`exec finish` and `finish` are one command)."""
+    for word, handler in _COMMANDS.items():
+        if a.flag(word):
+            return handler
+    raise AssertionError(f"no handler for {a.values}")
+
+
+# The reading commands import only the catalog: pygit2 costs 100 ms to import, which they
+# skip when the catalog's cache answers them. The others import what writes when they run.
+
+def _status(a: Args) -> int:
+    return reading_cli.status(a.cwd)
+
+
+def _list(a: Args) -> int:
+    return reading_cli.list_executions(a.cwd, a.opt("--state"), a.opt("--profile"),
+                                       a.opt("--grep"), a.opt("--commit"),
+                                       str(a.opt("--format")))
+
+
+def _params(a: Args) -> int:
+    return reading_cli.params(a.cwd, a.opt("ID"))
+
+
+def _show(a: Args) -> int:
+    return reading_cli.show(a.cwd, a.opt("ID"))
+
+
+def _init(a: Args) -> int:
     from git_expegit.commands import repository_cli
 
-    if a["init"]:
-        return repository_cli.init(str(a["EXPERIMENT_URL"]), _opt(a["CAMPAIGN_URL"]),
-                                   _opt(a["PATH"]), push, verbose)
-    if a["clone"]:
-        return repository_cli.clone(str(a["URL"]), _opt(a["PATH"]), verbose)
-    if a["update-expe"]:
-        return repository_cli.update_expe(cwd, push, verbose)
-    if a["sync"]:
-        return repository_cli.sync(cwd, verbose)
-    if a["new"]:
-        params = a["PARAMS"]
-        assert isinstance(params, list)
-        # docopt gives a lone `--` to the optional COMMIT before it.
-        commit = None if a["COMMIT"] == "--" else _opt(a["COMMIT"])
-        return executions_cli.new(cwd, commit, params, _opt(a["--sweep"]),
-                                  _int(a["--repeat"], "--repeat"), _opt(a["--profile"]),
-                                  bool(a["--dry-run"]), push, verbose)
-    if a["finish"]:
-        code = None if a["--exit-code"] is None else _int(a["--exit-code"], "--exit-code")
-        return executions_cli.finish(cwd, _opt(a["ID"]), code, push, verbose)
-    return executions_cli.reset_or_remove(cwd, _opt(a["ID"]), bool(a["remove"]), push,
-                                          verbose)
+    return repository_cli.init(str(a.opt("EXPERIMENT_URL")), a.opt("CAMPAIGN_URL"),
+                               a.opt("PATH"), a.flag("--push"), a.flag("--verbose"))
 
 
-def _opt(value: object) -> str | None:
-    return None if value is None else str(value)
+def _clone(a: Args) -> int:
+    from git_expegit.commands import repository_cli
+
+    return repository_cli.clone(str(a.opt("URL")), a.opt("PATH"), a.flag("--verbose"))
 
 
-def _int(value: object, option: str) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        raise ExpegitError(f"{option} needs a whole number, not {value!r}",
-                           ExitCode.USAGE) from None
+def _update_expe(a: Args) -> int:
+    from git_expegit.commands import repository_cli
+
+    return repository_cli.update_expe(a.cwd, a.flag("--push"), a.flag("--verbose"))
+
+
+def _sync(a: Args) -> int:
+    from git_expegit.commands import repository_cli
+
+    return repository_cli.sync(a.cwd, a.flag("--verbose"))
+
+
+def _new(a: Args) -> int:
+    from git_expegit.commands import executions_cli
+
+    # docopt gives a lone `--` to the optional COMMIT before it.
+    commit = None if a.opt("COMMIT") == "--" else a.opt("COMMIT")
+    return executions_cli.new(a.cwd, commit, a.list("PARAMS"), a.opt("--sweep"),
+                              a.int("--repeat", 1, 100_000) or 1, a.opt("--profile"),
+                              a.flag("--dry-run"), a.flag("--push"), a.flag("--verbose"))
+
+
+def _finish(a: Args) -> int:
+    from git_expegit.commands import executions_cli
+
+    return executions_cli.finish(a.cwd, a.opt("ID"), a.int("--exit-code", 0, 255),
+                                 a.flag("--push"), a.flag("--verbose"))
+
+
+def _reset(a: Args) -> int:
+    from git_expegit.commands import executions_cli
+
+    return executions_cli.reset(a.cwd, a.opt("ID"), a.flag("--push"), a.flag("--verbose"))
+
+
+def _remove(a: Args) -> int:
+    from git_expegit.commands import executions_cli
+
+    return executions_cli.remove(a.cwd, a.opt("ID"), a.flag("--force"), a.flag("--push"),
+                                 a.flag("--verbose"))
+
+
+_COMMANDS: dict[str, Handler] = {
+    "init": _init, "clone": _clone, "new": _new, "params": _params, "finish": _finish,
+    "reset": _reset, "remove": _remove, "update-expe": _update_expe, "sync": _sync,
+    "status": _status, "list": _list, "show": _show,
+}

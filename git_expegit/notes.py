@@ -1,9 +1,9 @@
 """The life of each execution, as git notes under refs/notes/expegit.
 
 A note is attached to the commit that created the execution. It is an append-only log:
-one event a line, each line starting with a UTC ISO-8601 timestamp, so that the union of
-two clones' logs, sorted and without duplicates (`git notes merge -s cat_sort_uniq`), is
-again a log in time order.
+one event a line (record.Event), each line starting with a UTC ISO-8601 timestamp, so that
+the union of two clones' logs, sorted and without duplicates (`git notes merge -s
+cat_sort_uniq`), is again a log; the events' own order (record.events) gives the state.
 
 Notes trees are written with a two-character fan-out (`ab/cdef...`) in one commit per
 operation: pygit2's `create_note` rewrites a flat tree per note (224 s for 10,000).
@@ -12,7 +12,6 @@ Any fan-out git itself wrote is read too, and rewritten as 2/38 where we touch i
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 
 import pygit2
@@ -21,27 +20,6 @@ from git_expegit.objects import BLOB
 from git_expegit.objects import TREE
 from git_expegit.objects import Entry
 from git_expegit.objects import ObjectStore
-
-_last_stamp = ""
-
-
-def stamp() -> str:
-    """Now, in UTC to the microsecond; strictly increasing within this process, so that
-    sorting a log never reorders two events written one after the other."""
-    global _last_stamp
-    now = datetime.datetime.now(datetime.UTC)
-    text = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    while text <= _last_stamp:
-        now += datetime.timedelta(microseconds=1)
-        text = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    _last_stamp = text
-    return text
-
-
-def event(kind: str, **fields: object) -> str:
-    """One log line: `<time> <kind> key=value ...` (values have no spaces)."""
-    words = [stamp(), kind, *(f"{k}={v}" for k, v in fields.items() if v is not None)]
-    return " ".join(str(w).replace(" ", "_").replace("\n", "_") for w in words) + "\n"
 
 
 def read_all(repo: pygit2.Repository, tree: pygit2.Tree | None,

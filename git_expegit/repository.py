@@ -9,6 +9,7 @@ from pathlib import Path
 import pygit2
 
 from git_expegit import git
+from git_expegit import transaction
 from git_expegit.campaign import CONFIG
 from git_expegit.campaign import EXECUTIONS
 from git_expegit.campaign import EXPERIMENT
@@ -18,7 +19,6 @@ from git_expegit.campaign import find
 from git_expegit.campaign import write_config
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
-from git_expegit.executions import editing
 from git_expegit.objects import GITLINK
 from git_expegit.objects import Entry
 
@@ -129,23 +129,20 @@ def update_experiment(campaign: Campaign) -> str | None:
             code=ExitCode.REMOTE, what="fetching the experiment")
     newest = git.run(["rev-parse", "--verify", "refs/remotes/origin/HEAD^{commit}"],
                      root / EXPERIMENT, what="finding the experiment's default branch").strip()
-    with editing(campaign) as edit:
-        pinned = str(edit.head.tree[EXPERIMENT].id) if EXPERIMENT in edit.head.tree else None
+    with transaction.begin(campaign) as tx:
+        pinned = str(tx.head.tree[EXPERIMENT].id) if EXPERIMENT in tx.head.tree else None
         # The submodule moves first: local changes there stop everything before a commit.
         _check_out(root, newest)
         if pinned == newest:
             return None
-        root_entries = edit.store.entries(edit.root)
-        root_entries[EXPERIMENT] = Entry(GITLINK, pygit2.Oid(hex=newest))
-        edit.root = edit.store.tree(root_entries)
-        edit.commit(f"Update the experiment to {newest[:12]}\n")
+        tx.set_entry(EXPERIMENT, Entry(GITLINK, pygit2.Oid(hex=newest)))
+        tx.commit(f"Update the experiment to {newest[:12]}\n")
         try:
-            edit.publish("update-expe", checkout=False)
+            tx.publish("update-expe", worktree=False)
         except ExpegitError:
             if pinned is not None:
                 _check_out(root, pinned)
             raise
-    git.run(["reset", "--quiet", "--", EXPERIMENT], root)
     return newest
 
 

@@ -22,11 +22,15 @@ import pygit2
 from git_expegit import git
 from git_expegit import notes
 from git_expegit import repository
+from git_expegit import transaction
+from git_expegit.campaign import EXECUTIONS
 from git_expegit.campaign import EXPERIMENT
 from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
+from git_expegit.objects import TREE
+from git_expegit.objects import Entry
 from git_expegit.objects import ObjectStore
 
 REMOTE = "origin"
@@ -38,14 +42,16 @@ TRIES = 30
 class Report:
     received: int  # commits that came from the remote
     tries: int
+    kept: list[str]  # folders removed on one side and changed on the other, kept whole
 
 
 def sync(campaign: Campaign, tries: int = TRIES) -> Report:
     """Bring the remote's executions here and ours there; retry when another clone won."""
     _require_remote(campaign)
     git.require_lfs(campaign.root, campaign.repo)
-    received = 0
+    received, kept = 0, list[str]()
     with campaign.locked():
+        transaction.recover(campaign)
         fetch(campaign)  # first: an unreachable remote fails here, before anything changes
         # LFS files go up before the race with the other clones: the branch push below then
         # skips the LFS hook's upload (GIT_LFS_SKIP_PUSH), so the window between our fetch
@@ -65,10 +71,11 @@ def sync(campaign: Campaign, tries: int = TRIES) -> Report:
                 time.sleep(random.uniform(0.1, 0.3))
                 continue
             failure = rejected
-            received += _integrate(campaign)
+            merged = _integrate(campaign)
+            received, kept = received + merged.received, kept + merged.kept
             if _push(campaign):
                 git.collect_garbage(campaign.root)
-                return Report(received, attempt)
+                return Report(received, attempt, kept)
             time.sleep(random.uniform(0.05, 0.2) * attempt)
     raise failure
 
@@ -99,38 +106,41 @@ def _require_remote(campaign: Campaign) -> None:
                            f"{REMOTE} URL", ExitCode.REMOTE)
 
 
-def _integrate(campaign: Campaign) -> int:
-    """Merge what was fetched into the branch and the notes; return the commits received."""
-    repo, head = campaign.repo, campaign.head()
-    branch = campaign.branch()
+def _integrate(campaign: Campaign) -> Merged:
+    """Merge what was fetched into the branch and the notes, as one transaction."""
+    tx = transaction.start(campaign)
+    repo, head, branch = campaign.repo, tx.head, campaign.branch()
     theirs_ref = repo.references.get(f"refs/remotes/{REMOTE}/{branch.removeprefix('refs/heads/')}")
     notes_ref = repo.references.get(REMOTE_NOTES)
-    ours = None if head is None else head.id
     theirs = None if theirs_ref is None else _oid(theirs_ref.target)
-    ident = git.ident(campaign.root)
-    store = ObjectStore(repo)
-    new_tip = _unite(repo, ours, theirs, lambda o, t: _merge_commits(store, repo, o, t, ident))
-    old_notes = campaign.notes()
-    old_notes_id = None if old_notes is None else old_notes.id
+    kept: list[str] = []
+    trees: dict[pygit2.Oid, pygit2.Oid] = {}  # of the merge commit, not yet written
+
+    def merge(ours: pygit2.Oid, theirs: pygit2.Oid) -> pygit2.Oid:
+        commit, trees[commit] = _merge_commits(tx.store, repo, ours, theirs, tx.ident, kept)
+        return commit
+
+    new_tip = _unite(repo, head.id, theirs, merge)
     their_notes = None if notes_ref is None else _oid(notes_ref.target)
-    new_notes = _unite(repo, old_notes_id, their_notes,
-                       lambda o, t: notes.merge(store, repo, o, t, ident))
-    if new_tip == ours and new_notes == old_notes_id:
-        return 0
-    store.write()
-    moves = {branch: (_hex(ours), _hex(new_tip)), NOTES_REF: (_hex(old_notes_id), _hex(new_notes))}
-    moves = {ref: move for ref, move in moves.items() if move[0] != move[1]}
-    if new_tip == ours or new_tip is None:
-        git.publish(campaign.root, moves, "sync", None)
-        return 0
-    new_tree = repo[new_tip].peel(pygit2.Tree)
-    git.publish(campaign.root, moves, "sync",
-                (git.EMPTY_TREE if head is None else str(head.tree_id), str(new_tree.id)))
-    if _pin(new_tree) != (None if head is None else _pin(head.tree)):
-        repository.follow_experiment(campaign.root)  # read-tree leaves submodules be
-    if ours is None:
-        return 0
-    return sum(1 for _ in _new_commits(repo, new_tip, ours))
+    new_notes = _unite(repo, tx.notes_tip, their_notes,
+                       lambda o, t: notes.merge(tx.store, repo, o, t, tx.ident))
+    if new_tip == head.id and new_notes == tx.notes_tip:
+        return Merged(0, [])
+    assert new_tip is not None
+    tx.tip, tx.notes_tip = new_tip, new_notes
+    tx.root = trees.get(new_tip) or repo[new_tip].peel(pygit2.Tree).id
+    tx.publish("sync")
+    if new_tip == head.id:
+        return Merged(0, [])
+    if _pin(repo[tx.root].peel(pygit2.Tree)) != _pin(head.tree):
+        repository.follow_experiment(campaign.root)  # the index moved, not the submodule
+    return Merged(sum(1 for _ in _new_commits(repo, new_tip, head.id)), kept)
+
+
+@dataclass(frozen=True)
+class Merged:
+    received: int  # commits that came from the remote
+    kept: list[str]  # folders removed on one side and changed on the other, kept whole
 
 
 def _pin(tree: pygit2.Tree) -> pygit2.Oid | None:
@@ -156,19 +166,72 @@ def _unite(repo: pygit2.Repository, ours: pygit2.Oid | None, theirs: pygit2.Oid 
 
 
 def _merge_commits(store: ObjectStore, repo: pygit2.Repository, ours: pygit2.Oid,
-                   theirs: pygit2.Oid, ident: str) -> pygit2.Oid:
-    """A merge commit of the branch; executions live in disjoint folders, so a conflict
-    means two clones changed the same file, which a person must settle."""
+                   theirs: pygit2.Oid, ident: str,
+                   kept: list[str]) -> tuple[pygit2.Oid, pygit2.Oid]:
+    """A merge commit of the branch. Executions live in disjoint folders; one removed on
+    one side and changed on the other (a finish, a reset) is kept whole as changed, never
+    half deleted. Any other conflict means two clones changed the same file, which a
+    person must settle."""
+    base = repo.merge_base(ours, theirs)
+    whole = _removed_and_changed(repo, base, ours, theirs) if base is not None else {}
     # No rename detection: every execution has the same .gitignore, so "remove one, create
     # another" would look like a rename and clash with the other side's removal.
     index = repo.merge_commits(ours, theirs, flags=pygit2.enums.MergeFlag(0))
     if index.conflicts is not None:
-        name = next(e.path for entries in index.conflicts for e in entries if e is not None)
-        raise ExpegitError(f"sync: this clone and {REMOTE} both changed {name}; merge it by "
-                           f"hand (git merge {REMOTE}/<branch>), then run git expegit sync",
-                           ExitCode.REMOTE)
-    return store.commit(index.write_tree(repo), [ours, theirs],
-                        f"Merge executions from {REMOTE}\n", ident)
+        paths = {e.path for entries in index.conflicts for e in entries if e is not None}
+        for path in paths:
+            if _folder_of(path) in whole:
+                del index.conflicts[path]
+        if index.conflicts is not None:
+            name = next(e.path for entries in index.conflicts for e in entries if e is not None)
+            raise ExpegitError(f"sync: this clone and {REMOTE} both changed {name}; merge it "
+                               f"by hand (git merge {REMOTE}/<branch>), then run git expegit "
+                               "sync", ExitCode.REMOTE)
+    tree = index.write_tree(repo)
+    for path, side in sorted(whole.items()):
+        tree = _put(store, tree, path.split("/"), repo[side].peel(pygit2.Tree)[path].id)
+        kept.append(path)
+    return store.commit(tree, [ours, theirs], f"Merge executions from {REMOTE}\n", ident), tree
+
+
+def _folder_of(path: str) -> str:
+    return "/".join(path.split("/")[:3])
+
+
+def _removed_and_changed(repo: pygit2.Repository, base: pygit2.Oid, ours: pygit2.Oid,
+                         theirs: pygit2.Oid) -> dict[str, pygit2.Oid]:
+    """Execution folders that one side removed and the other changed: folder -> the
+    commit whose version is kept."""
+    trees = {side: repo[side].peel(pygit2.Tree) for side in (ours, theirs)}
+    base_tree = repo[base].peel(pygit2.Tree)
+    changed = {side: {_folder_of(d.new_file.path) for d in
+                      base_tree.diff_to_tree(trees[side]).deltas
+                      if d.new_file.path.startswith(EXECUTIONS + "/")} for side in trees}
+    whole: dict[str, pygit2.Oid] = {}
+    for side, other in ((ours, theirs), (theirs, ours)):
+        for path in changed[side] & changed[other]:
+            if path not in trees[other] and path in trees[side] and path in base_tree:
+                whole[path] = side
+    return whole
+
+
+def _put(store: ObjectStore, tree: pygit2.Oid, parts: list[str],
+         folder: pygit2.Oid) -> pygit2.Oid:
+    """`tree` with the subtree at `parts` replaced by `folder`."""
+    entries = store.entries(tree)
+    if len(parts) == 1:
+        entries[parts[0]] = Entry(TREE, folder)
+    else:
+        inner = entries[parts[0]].oid if parts[0] in entries else None
+        entries[parts[0]] = Entry(TREE, _put(store, inner, parts[1:], folder)) \
+            if inner is not None else Entry(TREE, _put_new(store, parts[1:], folder))
+    return store.tree(entries, base=tree)
+
+
+def _put_new(store: ObjectStore, parts: list[str], folder: pygit2.Oid) -> pygit2.Oid:
+    if len(parts) == 1:
+        return store.tree({parts[0]: Entry(TREE, folder)})
+    return store.tree({parts[0]: Entry(TREE, _put_new(store, parts[1:], folder))})
 
 
 def _push_lfs(campaign: Campaign) -> None:

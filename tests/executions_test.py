@@ -43,7 +43,8 @@ def test_a_single_execution_has_its_folder_code_trailers_and_note(campaign: Path
     assert _trailer(campaign, "Expegit-Commit", 1) == [commit]
     assert _trailer(campaign, "Expegit-Parameters", 1) == ["--lr 0.1 --name a b"]
     note = git("notes", "--ref=expegit", "show", "HEAD", cwd=campaign)
-    assert re.fullmatch(rf"{STAMP} created by=\S+@\S+ commit={commit[:12]}\n", note)
+    assert re.fullmatch(rf"{STAMP} created by=\S+@\S+ commit={commit[:12]} seq=1 "
+                        r"clone=[0-9a-f]{8}\n", note)
     assert expegit("exec", "params", execution[:6], cwd=campaign).stdout == "--lr 0.1 --name a b\n"
 
 
@@ -66,7 +67,7 @@ def test_the_seed_workflow_runs_and_finishes_with_lfs_results(campaign: Path) ->
     assert _trailer(campaign, "Expegit-Exit-Code", 1) == ["0"]
     shown = expegit("show", folder.name[:8], cwd=campaign).stdout
     assert "state       finished" in shown and "(lfs)  data/lfs/weights.bin" in shown
-    assert re.search(rf"  {STAMP} finished exit=0\n", shown)
+    assert re.search(rf"  {STAMP} finished exit=0 seq=2 clone=[0-9a-f]{{8}}\n", shown)
     nowhere = expegit("exec", "params", cwd=campaign, check=False)
     assert (nowhere.returncode, nowhere.stderr) == (
         2, "expegit: which execution? give its ID, or run this inside its folder\n")
@@ -230,8 +231,9 @@ def test_a_batch_that_cannot_move_the_branch_leaves_nothing(campaign: Path) -> N
     result = expegit("exec", "new", "--sweep", "x=range(50)", cwd=campaign, check=False)
     lock.unlink()
     assert result.returncode == 8
-    assert result.stderr.startswith("expegit: moving refs (someone changed the repository at "
-                                    "the same time; retry) failed: ")
+    assert result.stderr == (f"expegit: {lock} exists: another git command is moving that ref; "
+                             f"if none is, one died there: remove {lock} and retry (nothing "
+                             "was changed)\n")
     assert snapshot(campaign) == before
     assert expegit("list", cwd=campaign).stdout == ""
 

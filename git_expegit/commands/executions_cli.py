@@ -11,6 +11,7 @@ from git_expegit import sweep
 from git_expegit import sync as syncing
 from git_expegit.commands.output import logger
 from git_expegit.commands.output import relative
+from git_expegit.commands.output import warn
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
@@ -44,15 +45,28 @@ def finish(cwd: Path, prefix: str | None, exit_code: int | None, push: bool, ver
     found = campaign.find(cwd)
     execution = catalog.resolve(found, prefix, cwd)
     with syncing.pushing(found, push):
-        executions.finish(found, execution, exit_code)
-        logger(verbose)(f"finished {execution.id}")
+        done = executions.finish(found, execution, exit_code)
+        logger(verbose)(f"{done.status} {execution.id}")
+    if done.outside:
+        shown = ", ".join(done.outside[:10]) + (", ..." if len(done.outside) > 10 else "")
+        warn(f"the run created {len(done.outside)} file(s) outside data/, which are not kept "
+             f"(results live in data/): {shown}")
     return 0
 
 
-def reset_or_remove(cwd: Path, prefix: str | None, remove: bool, push: bool, verbose: bool) -> int:
+def reset(cwd: Path, prefix: str | None, push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
     execution = catalog.resolve(found, prefix, cwd)
     with syncing.pushing(found, push):
-        (executions.remove if remove else executions.reset)(found, execution)
-        logger(verbose)(f"{'removed' if remove else 'reset'} {execution.id}")
+        executions.reset(found, execution)
+        logger(verbose)(f"reset {execution.id}")
+    return 0
+
+
+def remove(cwd: Path, prefix: str | None, force: bool, push: bool, verbose: bool) -> int:
+    found = campaign.find(cwd)
+    execution = catalog.resolve(found, prefix, cwd)
+    with syncing.pushing(found, push):
+        executions.remove(found, execution, force)
+        logger(verbose)(f"removed {execution.id}")
     return 0

@@ -20,6 +20,10 @@ def logger(verbose: bool) -> Log:
     return log
 
 
+def warn(message: str) -> None:
+    print(f"expegit: warning: {message}", file=sys.stderr, flush=True)
+
+
 def fail(message: str, code: ExitCode) -> int:
     print(f"expegit: {message}", file=sys.stderr)
     return int(code)

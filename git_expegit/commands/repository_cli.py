@@ -10,6 +10,7 @@ from git_expegit import repository
 from git_expegit import sync as syncing
 from git_expegit.commands.output import logger
 from git_expegit.commands.output import relative
+from git_expegit.commands.output import warn
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
@@ -55,6 +56,9 @@ def update_expe(cwd: Path, push: bool, verbose: bool) -> int:
 
 def sync(cwd: Path, verbose: bool) -> int:
     report = syncing.sync(campaign.find(cwd))
+    for folder in report.kept:
+        warn(f"{folder} was removed in one clone and changed in another: it is kept, as "
+             "changed; remove it again (git expegit exec remove) if that was meant")
     logger(verbose)(f"synced: {report.received} commits received, pushed after "
                     f"{report.tries} tries")
     return 0
