@@ -6,7 +6,7 @@ set -euo pipefail
 SVC=${SVC:-$(mktemp -d -t expegit-svc.XXXXXX)}
 mkdir -p "$SVC"
 export DEBIAN_FRONTEND=noninteractive
-PKGS="openssh-server openssh-client git git-lfs man-db"
+PKGS="openssh-server openssh-client git git-lfs man-db faketime"
 if ! dpkg -s $PKGS >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $PKGS >"$SVC/apt.log" 2>&1 || { tail -30 "$SVC/apt.log"; exit 1; }

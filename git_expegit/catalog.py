@@ -57,9 +57,10 @@ class Execution:
 
 def executions(campaign: Campaign) -> list[Execution]:
     """Every execution in the current tree, oldest first."""
-    if (campaign.git_dir / "expegit" / "publish.json").exists():
-        # A publish that a dead process left half done: completed first, so that what is
-        # read is whole (transaction.py, imported only then: it needs pygit2).
+    if ((campaign.git_dir / "expegit" / "publish.json").exists()
+            or (campaign.git_dir / "index.lock").exists()):
+        # Perhaps a publish that a dead process left half done: completed first, so that
+        # what is read is whole (transaction.py, imported only then: it needs pygit2).
         from git_expegit import transaction
 
         transaction.recover_if_interrupted(campaign)

@@ -63,12 +63,13 @@ Options:
 
 Exit codes: 1 a command found nothing to do or failed checks, 2 command line, 3 not a
 campaign or a broken one, 4 bad input (grammar, unknown id or commit), 5 git-lfs missing,
-6 local changes in the way, 7 remote unreachable or push refused, 8 git failed,
+6 local changes in the way, 7 remote unreachable or push refused, 8 git or the disk failed,
 9 internal error, 130 interrupted.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from collections.abc import Callable
@@ -101,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(e), e.code)
     except KeyboardInterrupt:
         return fail("interrupted", ExitCode.INTERRUPTED)
+    except OSError as e:
+        # A full disk, a read-only folder: what the system said, where, and no traceback.
+        # Writes that must be whole are transactions, which say themselves what stayed.
+        where = f" ({e.filename})" if e.filename else ""
+        hint = "free some space and retry" if e.errno == errno.ENOSPC else "fix that and retry"
+        return fail(f"{e.strerror or e}{where}: {hint}", ExitCode.GIT)
     except Exception:
         traceback.print_exc()
         return fail("internal error (a bug): please report the traceback above",

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import secrets
+import time
 from collections.abc import Collection
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -55,6 +56,7 @@ JOURNAL = "publish.json"
 # What our `.git/index.lock` holds until it is released: how a later command knows that a
 # lock left behind is ours, from a process that died, and not a live git command's.
 LOCK_MARK = b"git expegit: publish in progress\n"
+_LOCK_TRIES = 40  # 2 s
 Moves = Mapping[str, tuple[str | None, str | None]]
 
 
@@ -322,15 +324,19 @@ def _refuse_local_changes(campaign: Campaign, changes: _Changes, worktree: bool)
 
 def _take_index_lock(campaign: Campaign) -> None:
     lock = campaign.git_dir / "index.lock"
-    try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
+    for _ in range(_LOCK_TRIES):  # a plain `git status` holds it for a moment
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            time.sleep(0.05)
+        except OSError as e:
+            raise ExpegitError(f"cannot write in {campaign.git_dir} ({e.strerror}): nothing "
+                               "was changed", ExitCode.GIT) from None
+    else:
         raise ExpegitError(f"{lock} exists: another git command is running in this "
                            "repository; if none is, a git command died there: remove "
-                           f"{lock} and retry", ExitCode.DIRTY) from None
-    except OSError as e:
-        raise ExpegitError(f"cannot write in {campaign.git_dir} ({e.strerror}): nothing was "
-                           "changed", ExitCode.GIT) from None
+                           f"{lock} and retry", ExitCode.DIRTY)
     try:
         os.write(fd, LOCK_MARK)
     finally:
