@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -66,19 +67,23 @@ def init(experiment_url: str, path: Path, campaign_url: str | None) -> Campaign:
     git.run(["ls-remote", "--quiet", experiment_url], Path.cwd(), code=ExitCode.INPUT,
             what=f"reading the experiment at {experiment_url}")
     undo = _Undo.record(path)
+    remote = None if campaign_url is None else _local_path(campaign_url, Path.cwd())
+    new_remote = remote is not None and not remote.exists()
+    # A new folder is made under a hidden name beside it and renamed once whole and pushed:
+    # a kill halfway leaves that folder, never a half-made PATH that the next init trips on.
+    work = path.parent / f".{path.name}.expegit-init-{os.getpid()}" if undo.created else path
     try:
-        _init_repository(path)
-        _configure(path)
-        git.run([*git.FILE_PROTOCOL, "submodule", "--quiet", "add", experiment_url, EXPERIMENT],
-                path, code=ExitCode.INPUT, what=f"cloning the experiment {experiment_url}")
-        (path / EXECUTIONS).mkdir(exist_ok=True)
-        (path / EXECUTIONS / ".gitkeep").write_text("# Added by git expegit. Do not remove.\n")
-        write_config(path / CONFIG, experiment_url)
-        git.run(["add", "--", CONFIG, ".gitmodules", EXPERIMENT, f"{EXECUTIONS}/.gitkeep"], path)
-        git.run(["commit", "--quiet", "--no-verify", "-m", "Initialize campaign"], path)
+        work.mkdir(parents=True, exist_ok=True)
+        _make(work, experiment_url)
         if campaign_url is not None:
-            _create_remote(path, campaign_url)
+            _create_remote(work, campaign_url)
+        if work != path:
+            work.rename(path)
     except BaseException:
+        if work != path:
+            shutil.rmtree(work, ignore_errors=True)
+        if new_remote and remote is not None:
+            shutil.rmtree(remote, ignore_errors=True)
         undo.run()
         raise
     return find(path)
@@ -190,10 +195,18 @@ def _quiet(args: list[str], cwd: Path) -> str | None:
     return done.stdout.decode().strip() if done.returncode == 0 else None
 
 
-def _init_repository(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
+def _make(path: Path, experiment_url: str) -> None:
+    """The campaign's first commit in the folder `path`: submodule, excs/, settings."""
     if pygit2.discover_repository(str(path)) is None or not (path / ".git").exists():
         git.run(["init", "--quiet", "-b", "main"], path)
+    _configure(path)
+    git.run([*git.FILE_PROTOCOL, "submodule", "--quiet", "add", experiment_url, EXPERIMENT],
+            path, code=ExitCode.INPUT, what=f"cloning the experiment {experiment_url}")
+    (path / EXECUTIONS).mkdir(exist_ok=True)
+    (path / EXECUTIONS / ".gitkeep").write_text("# Added by git expegit. Do not remove.\n")
+    write_config(path / CONFIG, experiment_url)
+    git.run(["add", "--", CONFIG, ".gitmodules", EXPERIMENT, f"{EXECUTIONS}/.gitkeep"], path)
+    git.run(["commit", "--quiet", "--no-verify", "-m", "Initialize campaign"], path)
 
 
 def _configure(path: Path) -> None:

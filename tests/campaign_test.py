@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -318,3 +319,27 @@ def test_an_unreachable_remote_is_reported_with_gits_reason(tmp_path: Path,
 def test_version_is_the_package_version(tmp_path: Path) -> None:
     done = expegit("--version", cwd=tmp_path)
     assert done.stdout == f"git expegit {importlib.metadata.version('git-expegit')}\n"
+
+
+def test_init_killed_at_any_moment_leaves_no_half_made_campaign(tmp_path: Path,
+                                                                experiment: Path) -> None:
+    command = shutil.which("git-expegit")
+    assert command is not None
+    started = time.monotonic()
+    expegit("init", str(experiment), str(tmp_path / "whole.git"), "whole", cwd=tmp_path)
+    duration = time.monotonic() - started
+    for step in range(8):  # kill points spread over a whole init
+        name = f"c{step}"
+        process = subprocess.Popen([command, "init", str(experiment), f"{name}.git", name],
+                                   cwd=tmp_path, stderr=subprocess.DEVNULL)
+        time.sleep(duration * step / 8)
+        process.kill()
+        process.wait()
+        time.sleep(0.2)  # git commands it started finish on their own
+        path = tmp_path / name
+        if path.exists():  # whole: committed and pushed
+            assert git("status", "--porcelain", cwd=path) == ""
+            assert git("rev-parse", "main", cwd=tmp_path / f"{name}.git") == git(
+                "rev-parse", "HEAD", cwd=path)
+        else:  # a second init goes through
+            expegit("init", str(experiment), f"{name}-retry.git", name, cwd=tmp_path)
