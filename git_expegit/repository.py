@@ -258,18 +258,23 @@ def clone(url: str, path: Path) -> Campaign:
         raise ExpegitError(f"{path} exists and is not empty: choose another PATH",
                            ExitCode.INPUT)
     created = not path.exists()
+    # A new folder is cloned under a hidden name beside it and renamed once whole: a kill
+    # halfway leaves that folder, never a half-made PATH.
+    work = path.parent / f".{path.name}.expegit-clone-{os.getpid()}" if created else path
     try:
-        git.run([*git.FILE_PROTOCOL, "clone", "--quiet", "--recurse-submodules", url, str(path)],
+        git.run([*git.FILE_PROTOCOL, "clone", "--quiet", "--recurse-submodules", url, str(work)],
                 Path.cwd(), code=ExitCode.REMOTE, what=f"cloning {url}",
                 env={"GIT_LFS_SKIP_SMUDGE": "1"})
-        _check_out_campaign(path, url)
-        _configure(path)
-        git.run(["fetch", "--quiet", "origin", f"+{NOTES_REF}*:{NOTES_REF}*"], path,
+        _check_out_campaign(work, url)
+        _configure(work)
+        git.run(["fetch", "--quiet", "origin", f"+{NOTES_REF}*:{NOTES_REF}*"], work,
                 code=ExitCode.REMOTE, what="fetching the notes")
-        git.run(["lfs", "pull"], path, code=ExitCode.REMOTE, what="fetching LFS files")
+        git.run(["lfs", "pull"], work, code=ExitCode.REMOTE, what="fetching LFS files")
+        if work != path:
+            work.rename(path)
     except BaseException:
         if created:
-            shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
         else:  # the user's empty folder stays; everything in it is the clone's
             for child in path.iterdir():
                 if child.is_dir() and not child.is_symlink():
