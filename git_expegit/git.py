@@ -45,9 +45,12 @@ def run(args: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None,
 
 
 def last_line(stderr: bytes) -> str:
+    """The line of git's stderr that says what went wrong: the first `fatal:` or `error:`
+    (git's last line may be advice, as in "...and the repository exists."), else the last."""
     lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()
              if line.strip() and not line.startswith("hint:")]
-    return lines[-1] if lines else "no message"
+    first = next((line for line in lines if line.startswith(("fatal:", "error:"))), None)
+    return first or (lines[-1] if lines else "no message")
 
 
 def ident(cwd: Path) -> str:

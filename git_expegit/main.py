@@ -1,7 +1,8 @@
 """Organise, archive and collaborate on experimental campaigns with git.
 
 Usage:
-  git expegit [-v] init [-p] EXPERIMENT_URL [CAMPAIGN_URL] [PATH]
+  git expegit [-v] init [-p] EXPERIMENT_URL [PATH]
+  git expegit [-v] init [-p] EXPERIMENT_URL CAMPAIGN_URL PATH
   git expegit [-v] clone URL [PATH]
   git expegit [-v] exec new [-p] [COMMIT] [--profile=P] [-- PARAMS...]
   git expegit [-v] exec new [-p] [COMMIT] --sweep=EXPR [-r N] [--profile=P] [--dry-run]
@@ -15,6 +16,7 @@ Usage:
   git expegit list [--state=S] [--profile=P] [--grep=TEXT] [--commit=C] [--format=F]
   git expegit show [ID]
   git expegit -h | --help
+  git expegit --version
 
 A campaign is a git repository holding an experiment (the xprp/ submodule) and its
 executions, each in excs/<2 hex>/<uuid>/ with its results in data/ (data/lfs/ through Git
@@ -24,9 +26,9 @@ campaign. IDs are execution ids or any unique prefix of at least 4 characters; i
 execution's folder, exec params, finish and show default to that execution.
 
 Commands:
-  init           Make PATH (default: here, or the CAMPAIGN_URL's name) a campaign of the
-                 experiment at EXPERIMENT_URL; with CAMPAIGN_URL, create the campaign's
-                 remote there (a local path becomes a bare repository) and push.
+  init           Make PATH (default: here) a campaign of the experiment at EXPERIMENT_URL;
+                 with CAMPAIGN_URL, also create the campaign's remote there (a local path
+                 becomes a bare repository) and push to it.
   clone          Clone a campaign with its experiment, its notes and its LFS files.
   exec new       Create one execution of COMMIT (default: the pinned experiment commit;
                  short hashes and branch names work) with PARAMS, and place the code in
@@ -60,6 +62,7 @@ Options:
   --commit=C          Only executions of experiment commits starting with C.
   --format=F          table or json [default: table].
   -h, --help          Show this text.
+  --version           Print the version of git expegit.
 
 Exit codes: 1 a command found nothing to do or failed checks, 2 command line, 3 not a
 campaign or a broken one, 4 bad input (grammar, unknown id or commit), 5 git-lfs missing,
@@ -180,6 +183,12 @@ def _show(a: Args) -> int:
     return reading_cli.show(a.cwd, a.opt("ID"))
 
 
+def _version(a: Args) -> int:
+    from git_expegit.commands import repository_cli
+
+    return repository_cli.version()
+
+
 def _init(a: Args) -> int:
     from git_expegit.commands import repository_cli
 
@@ -238,5 +247,5 @@ def _remove(a: Args) -> int:
 _COMMANDS: dict[str, Handler] = {
     "init": _init, "clone": _clone, "new": _new, "params": _params, "finish": _finish,
     "reset": _reset, "remove": _remove, "update-expe": _update_expe, "sync": _sync,
-    "status": _status, "list": _list, "show": _show,
+    "status": _status, "list": _list, "show": _show, "--version": _version,
 }

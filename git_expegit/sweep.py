@@ -4,15 +4,21 @@
 strings, one per execution, each repeated N times in a row. EXPR takes one of three forms.
 
 Sections (the original Orchestra grammar)
-    When EXPR contains `¤` (or its ASCII spelling `|`; one expression uses one of them), it is
-    split on `¤` into sections and each section on `;` into alternatives. Every combination,
-    the first section varying slowest, is joined with one space. Only the alternatives of the
-    last section are trimmed; an empty alternative means "nothing there":
+    When EXPR contains `¤` (or its ASCII spelling `|`; one expression uses one of them) or a
+    `;` outside single quotes, it is split on `¤` into sections and each section on `;` into
+    alternatives. Every combination, the first section varying slowest, is joined with one
+    space. Only the alternatives of the last section are trimmed; an empty alternative means
+    "nothing there", as in the original, so that running without parameters can be asked for:
 
         --lr|0.1;0.01|--fast;  ->  "--lr 0.1 --fast", "--lr 0.1 ", "--lr 0.01 --fast",
                                    "--lr 0.01 "
+        a;b                    ->  "a", "b"
+        --flag;                ->  "--flag", ""
 
-    Everything else (`,`, quotes, parentheses) is plain text in this form.
+    Quotes, parentheses and other commas are plain text in this form (runaway's shell-like
+    split removes the quotes later). A key sweep (`KEY=A,B`, `KEY=range(...)`, `zip(...)`,
+    see below) is refused there: the two forms cannot be mixed, and the original would have
+    taken it literally, which is never what was meant. Quoting the comma keeps it literal.
 
 Key sweeps
     Otherwise EXPR is a list of words separated by spaces. A word `KEY=A,B,C` is an axis
@@ -37,7 +43,8 @@ Key sweeps
     appear in a swept word.
 
 Plain string
-    An expression with no `¤`, `|`, `,`, `(` or `)` is one execution, exactly as written.
+    An expression with no `¤`, `|`, `,`, `(` or `)`, and no `;` outside single quotes, is one
+    execution, exactly as written.
 
 An empty expression is an error, and so is one that expands to more than 100000 executions
 (repeats included). Errors are `SweepError`s carrying the 1-based column of the problem.
@@ -78,7 +85,7 @@ def expand(expression: str, repeat: int = 1) -> list[str]:
     if not expression.strip():
         raise SweepError("empty expression", 1)
     positions: list[_Position]
-    if SECTION in expression or ASCII_SECTION in expression:
+    if _is_sections(expression):
         positions = list(_sections(expression))
     elif _SWEEP_CHARACTERS.isdisjoint(expression):
         positions = [[expression]]
@@ -96,6 +103,31 @@ def expand(expression: str, repeat: int = 1) -> list[str]:
 # The sections form ----------------------------------------------------------------------------
 
 
+def _is_sections(expression: str) -> bool:
+    """The sections form: a `¤` or `|`, or a `;` that single quotes do not hold (the key
+    form's `--sep=';'` keeps its meaning; a lone apostrophe, as in "don't", quotes nothing)."""
+    if SECTION in expression or ASCII_SECTION in expression:
+        return True
+    quoted = _quoted_positions(expression, "'")
+    return any(c == ";" and i not in quoted for i, c in enumerate(expression))
+
+
+def _quoted_positions(text: str, quotes: str) -> set[int]:
+    """The positions inside a pair of the given quote characters, quotes included; quotes
+    pair left to right and one left without a partner is plain text."""
+    inside: set[int] = set()
+    position = 0
+    while position < len(text):
+        if text[position] in quotes:
+            closing = text.find(text[position], position + 1)
+            if closing < 0:
+                break
+            inside.update(range(position, closing + 1))
+            position = closing
+        position += 1
+    return inside
+
+
 def _sections(expression: str) -> list[list[str]]:
     """One list of alternatives per section, exactly as the original split them."""
     if SECTION in expression and ASCII_SECTION in expression:
@@ -103,11 +135,32 @@ def _sections(expression: str) -> list[list[str]]:
             f"'{SECTION}' and '{ASCII_SECTION}' cannot be mixed; use one of them",
             expression.index(ASCII_SECTION) + 1,
         )
+    _refuse_key_sweeps(expression)
     separator = SECTION if SECTION in expression else ASCII_SECTION
     sections = [section.split(";") for section in expression.split(separator)]
     # The original trims the last section only, so " --param" keeps its leading space.
     sections[-1] = [alternative.strip() for alternative in sections[-1]]
     return sections
+
+
+# A word of the key form, as it would be read outside quotes: KEY=A,B, KEY=range(, zip(.
+_KEY_SWEEP = re.compile(r"[^=]+=(?:[^,]*,|range\()|zip\(")
+
+
+def _refuse_key_sweeps(expression: str) -> None:
+    """A key sweep inside sections is a mix of the two forms: refused at its first word."""
+    quoted = _quoted_positions(expression, "'\"")
+    for word in re.finditer(rf"[^\s;{SECTION}{re.escape(ASCII_SECTION)}]+", expression):
+        # Quoted characters are blanked, so a quoted ',' or '(' keeps the word literal.
+        bare = "".join(" " if word.start() + i in quoted else c
+                       for i, c in enumerate(word.group()))
+        if _KEY_SWEEP.match(bare):
+            raise SweepError(
+                f"{word.group()!r} is a key sweep (KEY=A,B), which cannot be mixed with "
+                f"sections (A;B and {SECTION} or {ASCII_SECTION}); write the expression in one "
+                "form, or quote the ',' or '(' to keep it literal",
+                word.start() + 1,
+            )
 
 
 # Key sweeps -----------------------------------------------------------------------------------
@@ -263,11 +316,6 @@ class _Parser:
                 continue
             if character == ")":
                 raise self.error("unmatched ')'")
-            if character == ";":
-                raise self.error(
-                    f"';' separates alternatives only in sections (KEY{ASCII_SECTION}A;B); "
-                    "quote it to keep it"
-                )
             if character == "(":
                 return self.call(pieces, equals, start, in_zip)
             if character == "=" and equals is None:

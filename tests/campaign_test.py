@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -16,8 +18,8 @@ from tests.conftest import snapshot
 
 def test_init_makes_the_seed_layout_and_pushes_to_a_new_bare_remote(tmp_path: Path,
                                                                     experiment: Path) -> None:
-    expegit("init", str(experiment), str(tmp_path / "c.git"), cwd=tmp_path)
-    root = tmp_path / "c"  # named after the campaign's address, as git clone does
+    expegit("init", str(experiment), str(tmp_path / "c.git"), "c", cwd=tmp_path)
+    root = tmp_path / "c"
     assert yaml.safe_load((root / ".expegit.yml").read_text()) == {
         "experiment": str(experiment), "layout": 1}
     assert (root / "excs" / ".gitkeep").is_file()
@@ -52,7 +54,7 @@ def test_init_twice_is_refused_and_changes_nothing(campaign: Path, experiment: P
 
 
 def test_init_with_an_unreachable_experiment_leaves_no_folder(tmp_path: Path) -> None:
-    result = expegit("init", str(tmp_path / "missing.git"), str(tmp_path / "c.git"),
+    result = expegit("init", str(tmp_path / "missing.git"), str(tmp_path / "c.git"), "c",
                      cwd=tmp_path, check=False)
     assert result.returncode == 4
     assert result.stderr.startswith("expegit: reading the experiment at ")
@@ -181,3 +183,163 @@ def test_init_push_without_a_remote_is_refused_first(tmp_path: Path, experiment:
     assert (result.returncode, result.stderr) == (
         2, f"expegit: -p needs a remote: give CAMPAIGN_URL, or add origin to {folder} first\n")
     assert list(folder.iterdir()) == []
+
+
+# The original's commands, verbatim ---------------------------------------------------------
+
+
+def test_init_with_two_arguments_is_experiment_and_path(tmp_path: Path, experiment: Path) -> None:
+    # The original's `expegit init EXPERIMENT_URL PATH`: no remote is made, none is origin.
+    expegit("init", str(experiment), "mine", cwd=tmp_path)
+    assert (tmp_path / "mine" / ".expegit.yml").is_file()
+    assert git("remote", cwd=tmp_path / "mine") == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["expe", "expe.git", "home", "mine"]
+    result = expegit("init", "-p", str(experiment), "other", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "-p needs a remote" in result.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_init_push_in_a_clone_of_an_empty_remote_with_a_relative_experiment(
+        tmp_path: Path, experiment: Path) -> None:
+    remote = tmp_path / "campaign.git"
+    git("init", "-q", "--bare", str(remote), cwd=tmp_path)  # plain: its HEAD names master
+    git("clone", "-q", str(remote), "mine", cwd=tmp_path)
+    mine = tmp_path / "mine"
+    expegit("init", "-p", "../expe.git", ".", cwd=mine)
+    assert yaml.safe_load((mine / ".expegit.yml").read_text())["experiment"] == str(
+        experiment.resolve())
+    branch = git("symbolic-ref", "HEAD", cwd=mine).strip()
+    assert git("rev-parse", branch, cwd=remote) == git("rev-parse", "HEAD", cwd=mine)
+    assert git("symbolic-ref", "HEAD", cwd=remote).strip() == branch
+    assert git("status", "--porcelain", cwd=mine) == ""
+    expegit("clone", str(remote), "copy", cwd=tmp_path)
+    assert (tmp_path / "copy" / "xprp" / "run").is_file()
+
+
+def test_a_campaign_whose_remote_is_itself_is_refused(tmp_path: Path, experiment: Path) -> None:
+    result = expegit("init", str(experiment), "c", "c", cwd=tmp_path, check=False)
+    assert result.returncode == 4 and len(result.stderr.splitlines()) == 1
+    assert "is the campaign" in result.stderr and not (tmp_path / "c").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    git("init", "-q", cwd=mine)
+    git("remote", "add", "origin", ".", cwd=mine)
+    before = snapshot(mine)
+    for args in (["-p", str(experiment)], [str(experiment)]):
+        result = expegit("init", *args, cwd=mine, check=False)
+        assert result.returncode == 4, result.stderr
+        assert result.stderr == (f"expegit: the campaign's remote . is the campaign {mine} "
+                                 "itself: give another CAMPAIGN_URL (init EXPERIMENT_URL "
+                                 "CAMPAIGN_URL PATH)\n")
+        assert snapshot(mine) == before and sorted(p.name for p in mine.iterdir()) == [".git"]
+
+
+def test_a_failed_init_in_a_repository_takes_back_its_commit_and_index(
+        tmp_path: Path, experiment: Path) -> None:
+    refusing = tmp_path / "refusing.git"
+    git("init", "-q", "--bare", str(refusing), cwd=tmp_path)
+    hook = refusing / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho no >&2\nexit 1\n")
+    hook.chmod(0o755)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    git("init", "-q", "-b", "main", cwd=mine)
+    (mine / "notes.md").write_text("mine\n")
+    git("add", ".", cwd=mine)
+    git("commit", "-q", "-m", "mine", cwd=mine)
+    before = snapshot(mine)
+    result = expegit("init", str(experiment), str(refusing), ".", cwd=mine, check=False)
+    assert result.returncode == 7 and len(result.stderr.splitlines()) == 1
+    assert snapshot(mine) == before
+    assert git("remote", cwd=mine) == "" and not (mine / ".git" / "modules" / "xprp").exists()
+    config = subprocess.run(["git", "config", "--get-regexp", r"^(submodule|remote)\."],
+                            cwd=mine, capture_output=True, text=True)
+    assert config.stdout == ""
+    # Nothing left behind stops a second try (here with a relative experiment path).
+    expegit("init", "../expe.git", cwd=mine)
+    assert git("log", "--format=%s", cwd=mine).splitlines() == ["Initialize campaign", "mine"]
+
+
+def test_clone_of_a_plain_bare_remote_finds_the_campaigns_branch(tmp_path: Path,
+                                                                 experiment: Path) -> None:
+    remote = tmp_path / "plain.git"
+    git("init", "-q", "--bare", str(remote), cwd=tmp_path)  # its HEAD names master
+    expegit("init", str(experiment), str(remote), "c", cwd=tmp_path)
+    # init points the remote's HEAD at the campaign's branch: plain git clone works too.
+    assert git("symbolic-ref", "HEAD", cwd=remote) == "refs/heads/main\n"
+    git("clone", "-q", str(remote), "plain-clone", cwd=tmp_path)
+    assert (tmp_path / "plain-clone" / ".expegit.yml").is_file()
+    # A remote pushed to otherwise still names master: clone finds main.
+    git("symbolic-ref", "HEAD", "refs/heads/master", cwd=remote)
+    expegit("clone", str(remote), "copy", cwd=tmp_path)
+    copy = tmp_path / "copy"
+    assert (copy / ".expegit.yml").is_file() and (copy / "xprp" / "run").is_file()
+    assert git("rev-parse", "--abbrev-ref", "main@{upstream}", cwd=copy) == "origin/main\n"
+    assert git("status", "--porcelain", cwd=copy) == ""
+    assert expegit("status", cwd=copy).returncode == 0
+
+
+def test_clone_into_a_file_or_a_users_empty_folder(tmp_path: Path, campaign: Path,
+                                                   experiment: Path) -> None:
+    (tmp_path / "file").write_text("mine\n")
+    result = expegit("clone", str(tmp_path / "campaign.git"), "file", cwd=tmp_path, check=False)
+    assert result.stderr == (f"expegit: {tmp_path / 'file'} exists and is not a folder: "
+                             "choose another PATH\n")
+    assert result.returncode == 4 and (tmp_path / "file").read_text() == "mine\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = expegit("clone", str(experiment), "empty", cwd=tmp_path, check=False)
+    assert result.returncode == 3 and "is not a campaign" in result.stderr
+    assert empty.is_dir() and list(empty.iterdir()) == []
+
+
+def test_init_without_a_git_identity_says_how_to_set_one(tmp_path: Path, home: Path,
+                                                         experiment: Path) -> None:
+    (home / ".gitconfig").write_text("[user]\n\tuseConfigOnly = true\n")
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("GIT_AUTHOR_", "GIT_COMMITTER_", "EMAIL"))}
+    result = expegit("init", str(experiment), "c", cwd=tmp_path, check=False, env=env)
+    assert result.returncode == 8
+    assert result.stderr == ('expegit: git does not know who you are: run git config --global '
+                             'user.name "Your Name" and git config --global user.email '
+                             'you@example.org, then retry\n')
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_unreachable_remote_is_reported_with_gits_reason(tmp_path: Path,
+                                                            campaign: Path) -> None:
+    missing = tmp_path / "missing.git"
+    git("remote", "set-url", "origin", str(missing), cwd=campaign)
+    result = expegit("sync", cwd=campaign, check=False)
+    assert (result.returncode, result.stderr) == (
+        7, f"expegit: fetching from origin (nothing was changed) failed: fatal: '{missing}' "
+           "does not appear to be a git repository\n")
+
+
+def test_version_is_the_package_version(tmp_path: Path) -> None:
+    done = expegit("--version", cwd=tmp_path)
+    assert done.stdout == f"git expegit {importlib.metadata.version('git-expegit')}\n"
+
+
+def test_init_killed_at_any_moment_leaves_no_half_made_campaign(tmp_path: Path,
+                                                                experiment: Path) -> None:
+    command = shutil.which("git-expegit")
+    assert command is not None
+    started = time.monotonic()
+    expegit("init", str(experiment), str(tmp_path / "whole.git"), "whole", cwd=tmp_path)
+    duration = time.monotonic() - started
+    for step in range(8):  # kill points spread over a whole init
+        name = f"c{step}"
+        process = subprocess.Popen([command, "init", str(experiment), f"{name}.git", name],
+                                   cwd=tmp_path, stderr=subprocess.DEVNULL)
+        time.sleep(duration * step / 8)
+        process.kill()
+        process.wait()
+        time.sleep(0.2)  # git commands it started finish on their own
+        path = tmp_path / name
+        if path.exists():  # whole: committed and pushed
+            assert git("status", "--porcelain", cwd=path) == ""
+            assert git("rev-parse", "main", cwd=tmp_path / f"{name}.git") == git(
+                "rev-parse", "HEAD", cwd=path)
+        else:  # a second init goes through
+            expegit("init", str(experiment), f"{name}-retry.git", name, cwd=tmp_path)

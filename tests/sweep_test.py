@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from git_expegit.sweep import LIMIT
 from git_expegit.sweep import SweepError
 from git_expegit.sweep import expand
+from tests.conftest import expegit
 
 # The sections form: the original Orchestra grammar -----------------------------------------
 
@@ -38,7 +41,51 @@ def test_only_the_last_section_is_trimmed():
 
 
 def test_sections_take_commas_quotes_and_parentheses_literally():
-    assert expand("--x=a,b|'(1)';zip(") == ["--x=a,b '(1)'", "--x=a,b zip("]
+    assert expand("--layers 64,64|'(1)';f(x)") == ["--layers 64,64 '(1)'", "--layers 64,64 f(x)"]
+    # Quoted, a comma or a parenthesis after KEY= is no key sweep: runaway's split drops the
+    # quotes later, as the original's shell did.
+    assert expand("--x='a,b'|c;\"range(2)\"") == ["--x='a,b' c", '--x=\'a,b\' "range(2)"']
+
+
+def test_without_a_section_mark_a_semicolon_still_separates_alternatives():
+    # The original grammar needs no ¤ for one section: a;b is two executions.
+    assert expand("a;b") == ["a", "b"]
+    assert expand("--lr 0.1; --lr 0.01", repeat=2) == ["--lr 0.1"] * 2 + ["--lr 0.01"] * 2
+    assert expand("--msg=don't; echo \"hi\"") == ["--msg=don't", 'echo "hi"']
+
+
+def test_an_empty_alternative_is_a_run_without_those_parameters():
+    assert expand("--flag;") == ["--flag", ""]
+    assert expand(";") == ["", ""]
+    assert expand("--a¤;x") == ["--a ", "--a x"]
+
+
+def test_a_quoted_semicolon_keeps_the_key_form():
+    assert expand("--sep=';' --s=1,2") == ["--sep=; --s=1", "--sep=; --s=2"]
+    assert expand("echo ';'") == ["echo ';'"]  # a plain string
+
+
+MIXED = ("{word!r} is a key sweep (KEY=A,B), which cannot be mixed with sections (A;B and ¤ "
+         "or |); write the expression in one form, or quote the ',' or '(' to keep it literal")
+
+
+@pytest.mark.parametrize(
+    ("expression", "column", "word"),
+    [
+        ("--a=1,2 |x;y", 1, "--a=1,2"),
+        ("x;y --a=range(3)", 5, "--a=range(3)"),
+        ("a¤zip(--b=1,2)", 3, "zip(--b=1,2)"),
+        ("--x=1,2 a,b;c", 1, "--x=1,2"),
+        ("--a ¤ --b='x',y", 7, "--b='x',y"),
+        ("--a=1,2 'x;y", 1, "--a=1,2"),  # a quote left open quotes nothing
+    ],
+)
+def test_mixing_key_sweeps_and_sections_is_refused_at_the_swept_word(
+    expression: str, column: int, word: str
+):
+    with pytest.raises(SweepError) as caught:
+        expand(expression)
+    assert (caught.value.column, caught.value.reason) == (column, MIXED.format(word=word))
 
 
 def test_mixing_both_section_separators_points_at_the_first_bar():
@@ -54,7 +101,7 @@ def test_mixing_both_section_separators_points_at_the_first_bar():
 
 def test_plain_string_is_one_execution_exactly_as_written():
     assert expand("  --lr 0.1   --fast ") == ["  --lr 0.1   --fast "]
-    assert expand("--msg=don't; echo \"hi\"", repeat=3) == ["--msg=don't; echo \"hi\""] * 3
+    assert expand("--msg=don't echo \"hi\"", repeat=3) == ["--msg=don't echo \"hi\""] * 3
 
 
 # Key sweeps ------------------------------------------------------------------------------------
@@ -198,8 +245,6 @@ RANGE_ARITY = "range() takes 1 to 3 integers: STOP, START,STOP or START,STOP,STE
         ("a,b=1", 2, KEY_FIRST),
         ("=1,2", 1, "missing KEY before '='"),
         ('--x=a"b,c', 6, "double quotes cannot appear in a swept word; use single quotes"),
-        ("--x=1,2 a,b;c", 12, "';' separates alternatives only in sections (KEY|A;B); "
-                              "quote it to keep it"),
         # ranges
         ("--x=range(0)", 5, "range(0) is empty"),
         ("--x=range(5, 2)", 5, "range(5, 2) is empty"),
@@ -243,3 +288,10 @@ def test_errors_point_at_their_column(expression: str, column: int, reason: str)
         expand(expression)
     assert (caught.value.column, caught.value.reason) == (column, reason)
     assert str(caught.value) == f"column {column}: {reason}"
+
+
+def test_an_empty_alternative_makes_an_execution_without_parameters(campaign: Path):
+    folders = expegit("exec", "new", "--sweep", "--flag;", cwd=campaign).stdout.split()
+    assert len(folders) == 2
+    params = {expegit("exec", "params", Path(f).name, cwd=campaign).stdout for f in folders}
+    assert params == {"--flag\n", "\n"}

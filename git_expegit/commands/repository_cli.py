@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import importlib.metadata
 from pathlib import Path
 
 from git_expegit import campaign
@@ -11,30 +11,21 @@ from git_expegit import sync as syncing
 from git_expegit.commands.output import logger
 from git_expegit.commands.output import relative
 from git_expegit.commands.output import warn
-from git_expegit.errors import ExitCode
-from git_expegit.errors import ExpegitError
 
 
 def init(experiment_url: str, campaign_url: str | None, path: str | None, push: bool,
          verbose: bool) -> int:
     log = logger(verbose)
-    if path is None:
-        path = "." if campaign_url is None else repository.default_path(campaign_url)
-    target = Path(path).absolute()
-    if push and campaign_url is None and not _has_origin(target):
-        raise ExpegitError(f"-p needs a remote: give CAMPAIGN_URL, or add origin to {target} "
-                           "first", ExitCode.USAGE)
+    target = Path(path or ".").absolute()
+    if push and campaign_url is None:
+        repository.check_origin(target)  # before anything is made
     made = repository.init(experiment_url, target, campaign_url)
     log(f"campaign ready in {made.root} (experiment {experiment_url})")
     if push and campaign_url is None:
         syncing.sync(made)
+        repository.point_remote_head(made.root)
         log("pushed")
     return 0
-
-
-def _has_origin(path: Path) -> bool:
-    return path.is_dir() and subprocess.run(["git", "remote", "get-url", "origin"], cwd=path,
-                                            capture_output=True).returncode == 0
 
 
 def clone(url: str, path: str | None, verbose: bool) -> int:
@@ -61,4 +52,9 @@ def sync(cwd: Path, verbose: bool) -> int:
              "changed; remove it again (git expegit exec remove) if that was meant")
     logger(verbose)(f"synced: {report.received} commits received, pushed after "
                     f"{report.tries} tries")
+    return 0
+
+
+def version() -> int:
+    print(f"git expegit {importlib.metadata.version('git-expegit')}")
     return 0
