@@ -235,7 +235,7 @@ def _created_outside(campaign: Campaign, execution: Execution) -> list[str]:
             if path not in code:
                 found.append(path)
         folders.sort()
-    return found
+    return sorted(found)
 
 
 def _drop_code(campaign: Campaign, path: str) -> None:

@@ -114,7 +114,9 @@ class ObjectStore:
         self._rows[oid] = (keys, rows)
         # Small trees (an execution's bucket, the root) are cheaper to store whole than to
         # diff; the large ones, like excs/, are where deltas pay.
-        if (not known and base is not None and base in self._pending
+        # Nor a tree equal to its base (an edit that changed nothing): it would be stored as
+        # a delta on itself, which no reader can resolve.
+        if (not known and base is not None and base != oid and base in self._pending
                 and len(data) > _DELTA_MIN):
             depth = self._bases[base][1] + 1 if base in self._bases else 1
             if depth <= _MAX_DEPTH:

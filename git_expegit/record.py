@@ -182,15 +182,19 @@ def message(subject: str, trailers: Mapping[Trailer, str | None]) -> str:
 
 def check_value(key: str, value: str) -> None:
     """A trailer value must stay one trailer: one line, no control characters."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise RecordError(f"{key} cannot hold a newline or a control character: {value!r}")
-    if value != value.strip():
-        raise RecordError(f"{key} cannot start or end with spaces: {value!r}")
+    what = _WHAT.get(key, key)
     if key == Trailer.PROFILE and not PROFILE_NAME.fullmatch(value):
         raise RecordError(f"invalid profile name {value!r}: use letters, digits, '.', '_' "
                           "and '-', starting with a letter or digit")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise RecordError(f"{what} cannot hold a newline or a control character: {value!r}")
+    if value != value.strip():
+        raise RecordError(f"{what} cannot start or end with spaces: {value!r}")
     if key == Trailer.EXECUTION and not _EXECUTION_ID.fullmatch(value):
         raise RecordError(f"invalid execution id {value!r}")
+
+
+_WHAT = {Trailer.PARAMETERS: "parameters", Trailer.COMMIT: "an experiment commit"}
 
 
 @dataclass(frozen=True)
