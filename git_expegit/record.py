@@ -194,7 +194,7 @@ def check_value(key: str, value: str) -> None:
         raise RecordError(f"invalid execution id {value!r}")
 
 
-_WHAT = {Trailer.PARAMETERS: "parameters", Trailer.COMMIT: "an experiment commit"}
+_WHAT: dict[str, str] = {Trailer.PARAMETERS: "parameters", Trailer.COMMIT: "an experiment commit"}
 
 
 @dataclass(frozen=True)
