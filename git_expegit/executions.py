@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import os
 import shutil
 import socket
 import uuid
@@ -19,7 +18,6 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pygit2
 
@@ -35,11 +33,10 @@ from git_expegit.catalog import Execution
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 from git_expegit.objects import BLOB
-from git_expegit.objects import EXECUTABLE
-from git_expegit.objects import LINK
 from git_expegit.objects import TREE
 from git_expegit.objects import Entry
 from git_expegit.objects import ObjectStore
+from git_expegit.placement import write_code
 
 # Only the results are committed: data/ (data/lfs/ through Git LFS) and the logs.
 GITIGNORE = (b"# Added by git expegit: only results are committed; the code is dropped at "
@@ -177,37 +174,6 @@ def _template(store: ObjectStore) -> pygit2.Oid:
     data = store.tree({"lfs": Entry(TREE, lfs)})
     return store.tree({".gitignore": Entry(BLOB, store.blob(GITIGNORE)),
                        "data": Entry(TREE, data)})
-
-
-def write_code(campaign: Campaign, commit: str, target: Path) -> None:
-    """Place the experiment's files at `commit` in an execution folder (git ignores them)."""
-    repo = campaign.experiment()
-    tree = repo[pygit2.Oid(hex=commit)].peel(pygit2.Tree)
-    _write_tree(repo, tree, target, top=True)
-
-
-def _write_tree(repo: pygit2.Repository, tree: pygit2.Tree, target: Path, top: bool) -> None:
-    for entry in tree:
-        name = entry.name or ""
-        if top and name in (".gitignore", "data"):
-            continue  # the execution's own files win over the experiment's
-        path = target / name
-        if entry.filemode == TREE:
-            path.mkdir(exist_ok=True)
-            subtree = repo[entry.id]
-            assert isinstance(subtree, pygit2.Tree)
-            _write_tree(repo, subtree, path, top=False)
-        elif entry.filemode in (BLOB, EXECUTABLE):
-            path.write_bytes(_blob(repo, entry.id))
-            path.chmod(0o755 if entry.filemode == EXECUTABLE else 0o644)
-        elif entry.filemode == LINK:
-            os.symlink(_blob(repo, entry.id), path)
-
-
-def _blob(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
-    blob = repo[oid]
-    assert isinstance(blob, pygit2.Blob)
-    return blob.data
 
 
 def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> None:
