@@ -7,6 +7,7 @@ from pathlib import Path
 from git_expegit import campaign
 from git_expegit import catalog
 from git_expegit import executions
+from git_expegit import placement
 from git_expegit import sweep
 from git_expegit import sync as syncing
 from git_expegit.commands.output import logger
@@ -25,6 +26,8 @@ def new(cwd: Path, commit: str | None, params: list[str], expression: str | None
         return 0
     found = campaign.find(cwd)
     full = executions.experiment_commit(found, commit)
+    if expression is None:  # the objects its code needs, fetched before anything changes
+        placement.prepare(found, full)
     with syncing.pushing(found, push):
         ids = executions.create(found, full, strings, profile, place_code=expression is None)
         logger(verbose)(f"created {len(ids)} execution(s) of {full[:12]}")
@@ -52,6 +55,8 @@ def finish(cwd: Path, prefix: str | None, exit_code: int | None, push: bool, ver
 def reset_or_remove(cwd: Path, prefix: str | None, remove: bool, push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
     execution = catalog.resolve(found, prefix, cwd)
+    if not remove:  # reset places the code again: its objects, fetched before the change
+        placement.prepare(found, execution.commit)
     with syncing.pushing(found, push):
         (executions.remove if remove else executions.reset)(found, execution)
         logger(verbose)(f"{'removed' if remove else 'reset'} {execution.id}")
