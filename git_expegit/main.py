@@ -83,12 +83,15 @@ from git_expegit.errors import ExpegitError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
     try:
         # The usage says `git expegit ...`: docopt reads "git" as the program and
         # "expegit" as a command.
-        args = docopt(__doc__, argv=["expegit", *(sys.argv[1:] if argv is None else argv)])
+        args = docopt(__doc__, argv=["expegit", *raw])
     except DocoptExit:
         return fail("invalid command line; see git expegit -h", ExitCode.USAGE)
+    if args["new"] and "--" in raw:  # docopt drops a literal `--` among the PARAMS
+        args["PARAMS"] = raw[raw.index("--") + 1:]
     try:
         return _dispatch(args, Path.cwd())
     except ExpegitError as e:

@@ -7,6 +7,7 @@ from pathlib import Path
 from git_expegit import campaign
 from git_expegit import catalog
 from git_expegit import executions
+from git_expegit import parameters
 from git_expegit import placement
 from git_expegit import sweep
 from git_expegit import sync as syncing
@@ -20,7 +21,12 @@ def new(cwd: Path, commit: str | None, params: list[str], expression: str | None
         repeat: int, profile: str | None, dry_run: bool, push: bool, verbose: bool) -> int:
     if repeat < 1:
         raise ExpegitError("--repeat needs a number of at least 1", ExitCode.USAGE)
-    strings = [" ".join(params)] * repeat if expression is None else _expand(expression, repeat)
+    if expression is None:
+        strings = [parameters.join(params)] * repeat
+    else:
+        parameters.check(expression, "the --sweep expression")
+        strings = _expand(expression, repeat)
+        parameters.check_strings(strings)
     if dry_run:
         print("\n".join(strings))
         return 0
