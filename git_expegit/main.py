@@ -6,6 +6,7 @@ Usage:
   git expegit [-v] exec new [-p] [COMMIT] [--profile=P] [-- PARAMS...]
   git expegit [-v] exec new [-p] [COMMIT] --sweep=EXPR [-r N] [--profile=P] [--dry-run]
   git expegit exec params [ID]
+  git expegit [-v] exec run [ID]
   git expegit [-v] (finish | exec finish) [-p] [--exit-code=N] [ID]
   git expegit [-v] exec reset [-p] ID
   git expegit [-v] exec remove [-p] ID
@@ -21,7 +22,7 @@ executions, each in excs/<2 hex>/<uuid>/ with its results in data/ (data/lfs/ th
 LFS). Parameters are trailers of the commit that created an execution; its life is a git
 note under refs/notes/expegit. Commands other than init and clone work anywhere inside a
 campaign. IDs are execution ids or any unique prefix of at least 4 characters; inside an
-execution's folder, exec params, finish and show default to that execution.
+execution's folder, exec params, exec run, finish and show default to that execution.
 
 Commands:
   init           Make PATH (default: here, or the CAMPAIGN_URL's name) a campaign of the
@@ -32,7 +33,11 @@ Commands:
                  short hashes and branch names work) with PARAMS, and place the code in
                  its folder; or, with --sweep, a whole batch in one operation. Prints the
                  new folders.
-  exec params    Print an execution's parameters: ./run $(git expegit exec params).
+  exec params    Print an execution's parameters, shell-quoted: ./run $(git expegit exec
+                 params) passes quotes on as they are; exec run passes the exact words.
+  exec run       Start ./run in the execution's folder with its exact parameters (the
+                 code is placed first if it is not there) and exit with its exit code;
+                 git expegit finish commits the results after.
   finish         Commit an execution's results and logs and drop its code.
   exec reset     Make an execution new again: its results are deleted and its code
                  placed back in its folder.
@@ -63,7 +68,7 @@ Options:
 Exit codes: 1 a command found nothing to do or failed checks, 2 command line, 3 not a
 campaign or a broken one, 4 bad input (grammar, unknown id or commit), 5 git-lfs missing,
 6 local changes in the way, 7 remote unreachable or push refused, 8 git failed,
-9 internal error, 130 interrupted.
+9 internal error, 130 interrupted. Once started, exec run exits with the run's own code.
 """
 
 from __future__ import annotations
@@ -118,6 +123,10 @@ def _dispatch(a: dict[str, object], cwd: Path) -> int:
         return reading_cli.params(cwd, _opt(a["ID"]))
     if a["show"]:
         return reading_cli.show(cwd, _opt(a["ID"]))
+    if a["run"]:
+        from git_expegit.commands import run_cli
+
+        return run_cli.run(cwd, _opt(a["ID"]))
     # Imported only for the commands that write: they need pygit2, 100 ms to import, which
     # the reading commands above skip when the catalog's cache answers them.
     from git_expegit.commands import executions_cli

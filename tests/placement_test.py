@@ -4,6 +4,7 @@ bare remotes: the folder gets the real content, and a missing object is fetched 
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,14 @@ def test_a_file_that_only_looks_like_a_pointer_is_placed_as_is(tmp_path: Path,
     assert (folder / "pointer.txt").read_text() == pointer
     _placed(folder)
 
+
+
+def test_a_placement_interrupted_before_run_is_done_again(campaign: Path) -> None:
+    # `run` is written last: a folder without it is placed again, whole.
+    folder = _new(campaign)
+    (folder / "run").unlink()
+    (folder / "weights.bin").write_bytes(b"half")
+    shutil.rmtree(folder / "vendor")
+    subprocess.run(["git", "expegit", "exec", "run"], cwd=folder, check=True,
+                   capture_output=True)
+    _placed(folder)
