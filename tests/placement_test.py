@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from git_expegit.placement import _relative_url
 from tests.conftest import expegit
 from tests.conftest import git
 from tests.conftest import script
@@ -152,3 +153,17 @@ def test_a_placement_interrupted_before_run_is_done_again(campaign: Path) -> Non
     subprocess.run(["git", "expegit", "exec", "run"], cwd=folder, check=True,
                    capture_output=True)
     _placed(folder)
+
+
+@pytest.mark.parametrize(("url", "base", "resolved"), [
+    ("../lib.git", "/srv/git/expe.git", "/srv/git/lib.git"),
+    ("./lib.git", "/srv/git/expe.git/", "/srv/git/expe.git/lib.git"),
+    ("../../other/lib.git", "https://host/group/expe.git", "https://host/other/lib.git"),
+    ("../lib.git", "git@host:group/expe.git", "git@host:group/lib.git"),
+    ("../lib.git", "git@host:expe.git", "git@host:lib.git"),
+    ("../../other/lib.git", "git@host:group/expe.git", "git@host:other/lib.git"),
+    ("../../other/lib.git", "/srv/git/expe.git/", "/srv/other/lib.git"),
+    ("https://host/lib.git", "/srv/git/expe.git", "https://host/lib.git"),
+])
+def test_relative_submodule_urls_resolve_as_git_does(url: str, base: str, resolved: str) -> None:
+    assert _relative_url(url, base) == resolved

@@ -21,12 +21,14 @@ def run(cwd: Path, prefix: str | None) -> int:
     """Become the execution's `run`: same stdin, stdout, stderr, signals and exit code.
     It does not finish the execution: git expegit finish does, after."""
     found = campaign.find(cwd)
+    execution = catalog.resolve(found, prefix, cwd)
+    _refuse_state(execution)
+    argv = parameters.split(execution.parameters)
+    placement.prepare(found, execution.commit)  # fetches, if any, keep no writer waiting
     # Under the lock, a finish, reset or remove of this execution is either done (and seen
     # here) or waits until the code is placed.
     with found.locked():
-        execution = catalog.resolve(found, prefix, cwd)
-        _refuse_state(execution)
-        argv = parameters.split(execution.parameters)
+        _refuse_state(catalog.resolve(found, execution.id, cwd))
         folder = placement.ensure(found, execution.id, execution.commit)
     handle = folder / placement.RUN
     if not (handle.is_file() and os.access(handle, os.X_OK)):
