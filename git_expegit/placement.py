@@ -78,18 +78,26 @@ class _Inventory:
 def prepare(campaign: Campaign, commit: str) -> None:
     """Make sure every object the code at `commit` needs is here, fetching what is not;
     nothing is written outside git's and LFS's stores."""
-    _prepare(_experiment(campaign), pygit2.Oid(hex=commit))
+    _ready(campaign, commit)
 
 
 def write_code(campaign: Campaign, commit: str, target: Path) -> None:
     """Place the experiment's code at `commit` in an execution folder, `run` last."""
-    source, oid = _experiment(campaign), pygit2.Oid(hex=commit)
-    inventory = _prepare(source, oid)
+    source, oid, inventory = _ready(campaign, commit)
     try:
         _write(source, oid, inventory, target)
     except OSError as e:
         raise ExpegitError(f"placing the code in {target} failed ({e.strerror or e}): fix "
                            "that, then run git expegit exec run there", ExitCode.FAILED) from None
+
+
+def _ready(campaign: Campaign, commit: str) -> tuple[_Source, pygit2.Oid, _Inventory]:
+    source, oid = _experiment(campaign), pygit2.Oid(hex=commit)
+    try:
+        return source, oid, _prepare(source, oid)
+    except OSError as e:  # a full disk or a read-only .git while cloning a submodule
+        raise ExpegitError(f"fetching the code of {commit[:12]} failed ({e.strerror or e})",
+                           ExitCode.FAILED) from None
 
 
 def ensure(campaign: Campaign, execution: ExecutionId, commit: str) -> Path:
@@ -194,17 +202,20 @@ def _submodule(parent: _Source, tree: pygit2.Tree, path: str, commit: pygit2.Oid
     url = _setting(repo, "remote.origin.url") or url
     if commit not in repo:
         # By id first (servers allow any reachable commit with protocol v2), then every branch.
+        detail = ""
         for refspec in ([str(commit)], []):
             try:
                 git.run([*git.FILE_PROTOCOL, "fetch", "--quiet", "origin", *refspec], git_dir,
                         env=_in(git_dir))
-            except ExpegitError:
+            except ExpegitError as e:
+                detail = e.detail
                 continue
             if commit in pygit2.Repository(str(git_dir)):
                 break
         else:
             raise ExpegitError(f"the submodule {label} at {str(commit)[:12]} is neither here nor "
-                               f"on its remote {url}: push that commit there", ExitCode.REMOTE)
+                               f"on its remote {url}: push that commit there", ExitCode.REMOTE,
+                               detail)
     return _Source.of(git_dir, label)
 
 
