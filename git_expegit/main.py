@@ -7,6 +7,7 @@ Usage:
   git expegit [-v] exec new [-p] [COMMIT] [--profile=P] [-- PARAMS...]
   git expegit [-v] exec new [-p] [COMMIT] --sweep=EXPR [-r N] [--profile=P] [--dry-run]
   git expegit exec params [ID]
+  git expegit [-v] exec run [ID]
   git expegit [-v] (finish | exec finish) [-p] [--exit-code=N] [ID]
   git expegit [-v] exec reset [-p] ID
   git expegit [-v] exec remove [-p] [--force] ID
@@ -23,7 +24,7 @@ executions, each in excs/<2 hex>/<uuid>/ with its results in data/ (data/lfs/ th
 LFS). Parameters are trailers of the commit that created an execution; its life is a git
 note under refs/notes/expegit. Commands other than init and clone work anywhere inside a
 campaign. IDs are execution ids or any unique prefix of at least 4 characters; inside an
-execution's folder, exec params, finish and show default to that execution.
+execution's folder, exec params, exec run, finish and show default to that execution.
 
 Commands:
   init           Make PATH (default: here) a campaign of the experiment at EXPERIMENT_URL;
@@ -34,7 +35,11 @@ Commands:
                  short hashes and branch names work) with PARAMS, and place the code in
                  its folder; or, with --sweep, a whole batch in one operation. Prints the
                  new folders.
-  exec params    Print an execution's parameters: ./run $(git expegit exec params).
+  exec params    Print an execution's parameters, shell-quoted: ./run $(git expegit exec
+                 params) passes quotes on as they are; exec run passes the exact words.
+  exec run       Start ./run in the execution's folder with its exact parameters (the
+                 code is placed first if it is not there) and exit with its exit code;
+                 git expegit finish commits the results after.
   finish         Commit an execution's results and logs and drop its code.
   exec reset     Make an execution new again: its results are deleted and its code
                  placed back in its folder.
@@ -67,7 +72,7 @@ Options:
 Exit codes: 1 a command found nothing to do or failed checks, 2 command line, 3 not a
 campaign or a broken one, 4 bad input (grammar, unknown id or commit), 5 git-lfs missing,
 6 local changes in the way, 7 remote unreachable or push refused, 8 git or the disk failed,
-9 internal error, 130 interrupted.
+9 internal error, 130 interrupted. Once started, exec run exits with the run's own code.
 """
 
 from __future__ import annotations
@@ -90,13 +95,16 @@ from git_expegit.errors import ExpegitError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
     try:
         # The usage says `git expegit ...`: docopt reads "git" as the program and
         # "expegit" as a command.
-        args = Args(docopt(__doc__, argv=["expegit", *(sys.argv[1:] if argv is None else argv)]),
-                    Path.cwd())
+        values = docopt(__doc__, argv=["expegit", *raw])
     except DocoptExit:
         return fail("invalid command line; see git expegit -h", ExitCode.USAGE)
+    if values["new"] and "--" in raw:  # docopt drops a literal `--` among the PARAMS
+        values["PARAMS"] = raw[raw.index("--") + 1:]
+    args = Args(values, Path.cwd())
     try:
         return _command(args)(args)
     except ExpegitError as e:
@@ -183,6 +191,12 @@ def _show(a: Args) -> int:
     return reading_cli.show(a.cwd, a.opt("ID"))
 
 
+def _run(a: Args) -> int:
+    from git_expegit.commands import run_cli
+
+    return run_cli.run(a.cwd, a.opt("ID"))
+
+
 def _version(a: Args) -> int:
     from git_expegit.commands import repository_cli
 
@@ -245,7 +259,7 @@ def _remove(a: Args) -> int:
 
 
 _COMMANDS: dict[str, Handler] = {
-    "init": _init, "clone": _clone, "new": _new, "params": _params, "finish": _finish,
-    "reset": _reset, "remove": _remove, "update-expe": _update_expe, "sync": _sync,
-    "status": _status, "list": _list, "show": _show, "--version": _version,
+    "init": _init, "clone": _clone, "new": _new, "params": _params, "run": _run,
+    "finish": _finish, "reset": _reset, "remove": _remove, "update-expe": _update_expe,
+    "sync": _sync, "status": _status, "list": _list, "show": _show, "--version": _version,
 }

@@ -186,7 +186,7 @@ def check_value(key: str, value: str) -> None:
     if key == Trailer.PROFILE and not PROFILE_NAME.fullmatch(value):
         raise RecordError(f"invalid profile name {value!r}: use letters, digits, '.', '_' "
                           "and '-', starting with a letter or digit")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
         raise RecordError(f"{what} cannot hold a newline or a control character: {value!r}")
     if value != value.strip():
         raise RecordError(f"{what} cannot start or end with spaces: {value!r}")

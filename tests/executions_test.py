@@ -41,11 +41,12 @@ def test_a_single_execution_has_its_folder_code_trailers_and_note(campaign: Path
     commit = git("rev-parse", "HEAD:xprp", cwd=campaign).strip()
     assert _trailer(campaign, "Expegit-Execution", 1) == [execution]
     assert _trailer(campaign, "Expegit-Commit", 1) == [commit]
-    assert _trailer(campaign, "Expegit-Parameters", 1) == ["--lr 0.1 --name a b"]
+    assert _trailer(campaign, "Expegit-Parameters", 1) == ["--lr 0.1 --name 'a b'"]
     note = git("notes", "--ref=expegit", "show", "HEAD", cwd=campaign)
     assert re.fullmatch(rf"{STAMP} created by=\S+@\S+ commit={commit[:12]} seq=1 "
                         r"clone=[0-9a-f]{8}\n", note)
-    assert expegit("exec", "params", execution[:6], cwd=campaign).stdout == "--lr 0.1 --name a b\n"
+    assert expegit("exec", "params", execution[:6], cwd=campaign).stdout == \
+        "--lr 0.1 --name 'a b'\n"
 
 
 def test_the_seed_workflow_runs_and_finishes_with_lfs_results(campaign: Path) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 from git_expegit import campaign
 from git_expegit import catalog
 from git_expegit import executions
+from git_expegit import parameters
+from git_expegit import placement
 from git_expegit import sweep
 from git_expegit import sync as syncing
 from git_expegit.commands.output import logger
@@ -20,12 +22,19 @@ def new(cwd: Path, commit: str | None, params: list[str], expression: str | None
         repeat: int, profile: str | None, dry_run: bool, push: bool, verbose: bool) -> int:
     if repeat < 1:
         raise ExpegitError("--repeat needs a number of at least 1", ExitCode.USAGE)
-    strings = [" ".join(params)] * repeat if expression is None else _expand(expression, repeat)
+    if expression is None:
+        strings = [parameters.join(params)] * repeat
+    else:
+        parameters.check(expression, "the --sweep expression")
+        strings = _expand(expression, repeat)
+        parameters.check_strings(strings)
     if dry_run:
         print("\n".join(strings))
         return 0
     found = campaign.find(cwd)
     full = executions.experiment_commit(found, commit)
+    if expression is None:  # the objects its code needs, fetched before anything changes
+        placement.prepare(found, full)
     with syncing.pushing(found, push):
         ids = executions.create(found, full, strings, profile, place_code=expression is None)
         logger(verbose)(f"created {len(ids)} execution(s) of {full[:12]}")
@@ -57,6 +66,7 @@ def finish(cwd: Path, prefix: str | None, exit_code: int | None, push: bool, ver
 def reset(cwd: Path, prefix: str | None, push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
     execution = catalog.resolve(found, prefix, cwd)
+    placement.prepare(found, execution.commit)  # the code's objects, before the change
     with syncing.pushing(found, push):
         executions.reset(found, execution)
         logger(verbose)(f"reset {execution.id}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from git_expegit import campaign
 from git_expegit import catalog
+from git_expegit import parameters
 from git_expegit.catalog import Execution
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
@@ -18,7 +20,13 @@ if TYPE_CHECKING:
 
 
 def params(cwd: Path, prefix: str | None) -> int:
-    print(catalog.resolve(campaign.find(cwd), prefix, cwd).parameters)
+    stored = catalog.resolve(campaign.find(cwd), prefix, cwd).parameters
+    print(stored, flush=True)
+    if parameters.quoted(stored):
+        # A shell does not re-read the quotes that $(...) gives it.
+        print("expegit: these parameters hold quotes, which ./run $(git expegit exec params) "
+              "passes on as literal characters: git expegit exec run passes the exact words",
+              file=sys.stderr)
     return 0
 
 
