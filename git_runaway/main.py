@@ -28,9 +28,8 @@ built-in `local`, which runs on this machine without ssh. Keys: host_directory,
 execution, and optionally ssh_config (without it the profile runs on this machine),
 before_execution and after_execution.
 
-Exit codes: the script's own, or for runaway's failures: 2 command line,
-3 profile, 4 connection or host key, 5 sending the code, 6 fetching the results,
-7 preparing or cleaning the host, 9 internal error, 130 interrupted.
+Exit codes: the script's own; for runaway's own failures 255, as ssh (the message on
+stderr says what failed); 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -91,4 +90,4 @@ def _dispatch(args: dict[str, object], cwd: Path) -> int:
 
 def _fail(message: str, code: ExitCode) -> int:
     print(f"runaway: {message}", file=sys.stderr)
-    return int(code)
+    return code.status

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from git_runaway import profiles
-from git_runaway.errors import ExitCode
+from git_runaway.errors import FAILED
 from git_runaway.errors import RunawayError
 from tests.conftest import runaway
 from tests.conftest import write_profile
@@ -78,7 +78,7 @@ def test_bad_profile_files_get_one_line_errors(home: Path, tmp_path: Path, text:
     path.parent.mkdir()
     path.write_text(text)
     done = runaway("bad", "run", cwd=tmp_path)
-    assert done.returncode == ExitCode.PROFILE
+    assert done.returncode == FAILED
     assert done.stderr == f"runaway: profile {path}: {message}\n"
     assert done.stdout == ""
 
@@ -86,7 +86,7 @@ def test_bad_profile_files_get_one_line_errors(home: Path, tmp_path: Path, text:
 def test_unknown_profile_lists_the_known_ones(home: Path, tmp_path: Path):
     write_profile(home / ".runaway", "cluster", **PROFILE)
     done = runaway("nope", "run", cwd=tmp_path)
-    assert done.returncode == ExitCode.PROFILE
+    assert done.returncode == FAILED
     assert done.stderr.startswith("runaway: unknown profile 'nope'; known profiles: cluster, "
                                   "local (add one as ")
     assert done.stderr.count("\n") == 1

@@ -1,0 +1,56 @@
+"""Issue 8, §2, §4 and §5: runaway's own failures, hostile names and values, broken profile
+folders: one line on stderr, exit 255 (as ssh), nothing run and nothing written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from git_runaway.errors import FAILED
+from tests.conftest import runaway
+from tests.conftest import script
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    os.chmod(tmp_path, 0o755)
+    return folder
+
+
+def one_line(done: subprocess.CompletedProcess[str], pattern: str) -> None:
+    """runaway failed as itself: exit 255, nothing on stdout, one line matching `pattern`."""
+    assert (done.returncode, done.stdout) == (FAILED, ""), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert re.fullmatch(f"runaway: {pattern}\n", done.stderr), done.stderr
+
+
+# -- §4 exit codes -----------------------------------------------------------------------
+
+
+def test_a_run_that_never_started_is_not_the_scripts_usage_error(work: Path):
+    # A script's own argparse error exits 2: runaway's "no such script" must not look alike.
+    script(work, "run.sh", "echo 'usage: run.sh' >&2; exit 2\n")
+    assert runaway("local", "run.sh", cwd=work).returncode == 2
+    one_line(runaway("local", "missing.sh", cwd=work),
+             re.escape(f"script 'missing.sh' is not a file inside {work}"))
+    one_line(runaway("nope", "run.sh", cwd=work), "unknown profile 'nope'; .*")
+    one_line(runaway("--bogus", cwd=work), "invalid command line; .*")
+
+
+def test_check_exits_like_a_run_on_a_host_key_failure(ssh_profile: str, home: Path, work: Path):
+    config = home / ".ssh" / "config"
+    empty = home / ".ssh" / "known_hosts_empty"
+    empty.write_text("")
+    config.write_text(re.sub(r"UserKnownHostsFile .*", f"UserKnownHostsFile {empty}",
+                             config.read_text()))
+    script(work, "run.sh", "echo ran\n")
+    ran = runaway(ssh_profile, "run.sh", cwd=work)
+    checked = runaway("--check", ssh_profile, cwd=work)
+    assert ran.returncode == checked.returncode == FAILED, (ran.stderr, checked.stdout)
+    assert "host key of 'testhost' is unknown" in checked.stdout
