@@ -54,3 +54,49 @@ def test_check_exits_like_a_run_on_a_host_key_failure(ssh_profile: str, home: Pa
     checked = runaway("--check", ssh_profile, cwd=work)
     assert ran.returncode == checked.returncode == FAILED, (ran.stderr, checked.stdout)
     assert "host key of 'testhost' is unknown" in checked.stdout
+
+
+# -- §2 RUNAWAY* variables -----------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "ssh"])
+def profile(request: pytest.FixtureRequest) -> str:
+    return "local" if request.param == "local" else str(request.getfixturevalue("ssh_profile"))
+
+
+def test_a_variable_name_that_is_not_an_identifier_is_refused(profile: str, work: Path,
+                                                              tmp_path: Path):
+    planted = tmp_path / "planted"
+    os.chmod(tmp_path, 0o777)  # so that the ssh user could plant it too
+    script(work, "run.sh", "echo ran > ran.txt\n")
+    name = f"RUNAWAY_A;touch {planted};B"
+    done = runaway(profile, "run.sh", cwd=work, env={**os.environ, name: "1"})
+    one_line(done, re.escape(f"invalid variable name {name!r}: a RUNAWAY* variable is sent to "
+                             "the host only if its name is letters, digits and '_'; unset it"))
+    assert not planted.exists() and not (work / "ran.txt").exists()
+
+
+def test_variable_values_reach_the_script_literally(profile: str, work: Path, tmp_path: Path):
+    planted = tmp_path / "planted"
+    os.chmod(tmp_path, 0o777)
+    script(work, "run.sh", 'printf "%s\\n" "$RUNAWAY_VALUE"\n')
+    value = f"a'b\"; touch {planted}; $(touch {planted}) `touch {planted}` $HOME\nline 2"
+    done = runaway(profile, "run.sh", cwd=work, env={**os.environ, "RUNAWAY_VALUE": value})
+    assert (done.returncode, done.stdout) == (0, value + "\n"), done.stderr
+    assert not planted.exists()
+
+
+@pytest.mark.parametrize("where", ["argument", "value"])
+def test_non_utf8_text_is_refused_in_one_line(profile: str, work: Path, where: str):
+    script(work, "run.sh", "echo ran > ran.txt\n")
+    env = {**os.environb}
+    args = [b"git", b"runaway", profile.encode(), b"run.sh"]
+    if where == "argument":
+        args += [b"--", b"caf\xe9"]
+        message = r"the argument 'caf\\udce9' is not UTF-8 text, .*"
+    else:
+        env[b"RUNAWAY_X"] = b"caf\xe9"
+        message = r"the value of RUNAWAY_X 'caf\\udce9' is not UTF-8 text, .*"
+    done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    one_line(done, message)
+    assert not (work / "ran.txt").exists()
