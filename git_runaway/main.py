@@ -22,9 +22,10 @@ Options:
 ARGS are joined with spaces and split like a shell would, then quoted for the host:
 quotes group words, and ; $(...) and backticks stay literal text.
 
-Profiles (first found wins): .runaway/NAME.yml at the root of the enclosing git
-repository, then ~/.config/runaway/NAME.yml, then ~/.runaway/NAME.yml, then the
-built-in `local`, which runs on this machine without ssh. Keys: host_directory,
+Profiles (first found wins): ~/.config/runaway/NAME.yml, then ~/.runaway/NAME.yml,
+then the built-in `local`, which runs on this machine without ssh, then .runaway/NAME.yml
+at the root of the enclosing git repository (so a cloned repository never replaces your
+own profiles or `local`; --list shows the ones it ignores). Keys: host_directory,
 execution, and optionally ssh_config (without it the profile runs on this machine),
 before_execution and after_execution.
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from git_runaway import profiles
 from git_runaway.errors import FAILED
 from tests.conftest import runaway
 from tests.conftest import script
+from tests.conftest import write_profile
 
 
 @pytest.fixture
@@ -99,4 +101,76 @@ def test_non_utf8_text_is_refused_in_one_line(profile: str, work: Path, where: s
         message = r"the value of RUNAWAY_X 'caf\\udce9' is not UTF-8 text, .*"
     done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=60)
     one_line(done, message)
+    assert not (work / "ran.txt").exists()
+
+
+# -- §2 a repository's profiles never replace the user's own or the built-in -----------------
+
+
+def test_a_repository_profile_never_replaces_the_users_own_or_local(home: Path, tmp_path: Path):
+    repo = tmp_path / "cloned"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    planted = tmp_path / "planted"
+    for name in ("local", "mine"):
+        write_profile(repo / ".runaway", name, host_directory=str(tmp_path / "elsewhere"),
+                      before_execution=[f"touch {planted}"], execution=["$SCRIPT_NAME"])
+    write_profile(home / ".runaway", "mine", host_directory=str(tmp_path / "mine"),
+                  execution=["$SCRIPT_NAME"])
+    script(repo, "run.sh", 'echo "$RUNAWAY_PATH"\n')
+    ran = [runaway(name, "run.sh", cwd=repo) for name in ("local", "mine")]
+    assert [(r.returncode, r.stdout) for r in ran] == [
+        (0, f"{home}/.cache/runaway\n"), (0, f"{tmp_path}/mine\n")], [r.stderr for r in ran]
+    assert not planted.exists()
+    listed = runaway("--list", cwd=repo).stdout.splitlines()
+    assert listed == [
+        f"local  this machine  {profiles.BUILT_IN}",
+        f"local  -             {repo}/.runaway/local.yml (ignored: the built-in 'local' comes "
+        "first)",
+        f"mine   this machine  {home}/.runaway/mine.yml",
+        f"mine   -             {repo}/.runaway/mine.yml (ignored: your own 'mine' comes first)"]
+
+
+# -- §5 a profile folder with broken, huge and special files ---------------------------------
+
+
+def test_broken_and_special_profile_files_fail_alone(home: Path, work: Path):
+    folder = home / ".config" / "runaway"
+    write_profile(folder, "good", host_directory=str(work.parent / "h"), execution=["$SCRIPT_NAME"])
+    (folder / "zero.yml").symlink_to("/dev/zero")
+    os.mkfifo(folder / "fifo.yml")
+    (folder / "broken.yml").write_text("host_directory: [\n")
+    (folder / "big.yml").write_text("# " + "x" * (1 << 20) + "\n")
+    write_profile(folder, "empty", host_directory="/tmp", execution=[""])
+    script(work, "run.sh", "echo ran > ran.txt\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        # A fifo made runaway wait for a writer forever: fail the test instead.
+        return subprocess.run(["git", "runaway", *args], cwd=work, capture_output=True,
+                              text=True, timeout=30)
+
+    listed = run("--list")
+    assert (listed.returncode, listed.stderr) == (0, "")
+    assert [line.split()[:2] for line in listed.stdout.splitlines()] == [
+        ["big", "-"], ["broken", "-"], ["empty", "-"], ["fifo", "-"], ["good", "this"],
+        ["local", "this"], ["zero", "-"]]
+    assert f"{folder}/zero.yml (cannot read it (not a regular file))" in listed.stdout
+    assert f"{folder}/big.yml (cannot read it (larger than 1048576 bytes))" in listed.stdout
+    one_line(run("nope", "run.sh"), re.escape(
+        "unknown profile 'nope'; known profiles: big, broken, empty, fifo, good, local, zero "
+        f"(add one as {folder}/nope.yml)"))
+    for name, problem in [("zero", "cannot read it (not a regular file)"),
+                          ("fifo", "cannot read it (not a regular file)"),
+                          ("big", "cannot read it (larger than 1048576 bytes)"),
+                          ("empty", "key 'execution' has an empty command")]:
+        one_line(run(name, "run.sh"), re.escape(f"profile {folder}/{name}.yml: {problem}"))
+    assert run("good", "run.sh").returncode == 0
+    assert (work / "ran.txt").exists()
+
+
+def test_a_300_character_profile_name_is_one_line(work: Path):
+    script(work, "run.sh", "echo ran > ran.txt\n")
+    for args in (["p" * 300, "run.sh"], ["--check", "p" * 300]):
+        one_line(runaway(*args, cwd=work),
+                 re.escape(f"invalid profile name {'p' * 20!r}... (300 characters): use at "
+                           "most 100"))
     assert not (work / "ran.txt").exists()
