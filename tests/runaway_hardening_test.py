@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from git_runaway import profiles
+from git_runaway.archive import safe_extract
 from git_runaway.errors import FAILED
+from git_runaway.errors import RunawayError
+from tests import hostile_archives as ha
 from tests.conftest import runaway
 from tests.conftest import script
 from tests.conftest import write_profile
@@ -174,3 +178,40 @@ def test_a_300_character_profile_name_is_one_line(work: Path):
                  re.escape(f"invalid profile name {'p' * 20!r}... (300 characters): use at "
                            "most 100"))
     assert not (work / "ran.txt").exists()
+
+
+# -- §5 refused archives: nothing written before the refusal ---------------------------------
+
+
+def _layout(folder: Path) -> list[tuple[str, str]]:
+    return sorted((str(p.relative_to(folder)), "link" if p.is_symlink() else "dir"
+                   if p.is_dir() else p.read_text()) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(("on_disk", "entries", "why"), [
+    ("dir", [ha.symlink("d", "sub")], "entry 'd' would replace the directory 'd'"),
+    ("dir", [ha.file("d")], "entry 'd' would replace the directory 'd'"),
+    ("file", [ha.directory("f")], "entry 'f' would replace the file 'f' with a directory"),
+    ("file", [ha.file("f/x")], "entry 'f/x' goes through 'f', which is not a directory"),
+    ("none", [ha.file("a"), ha.directory("a")],
+     "entry 'a' would replace the file 'a' with a directory"),
+    ("none", [ha.directory("a"), ha.file("a/x"), ha.file("a")],
+     "entry 'a' would replace the directory 'a'"),
+])
+def test_a_refused_archive_writes_nothing_first(tmp_path: Path, on_disk: str,
+                                                entries: list[ha.Entry], why: str):
+    local = tmp_path / "local"
+    (local / "d").mkdir(parents=True)
+    (local / "d" / "kept").write_text("mine")
+    (local / "f").write_text("mine")
+    before = _layout(local)
+    data = ha.tar_bytes([ha.file(ha.BENIGN, b"benign"), *entries])
+    with pytest.raises(RunawayError, match=re.escape(why)):
+        safe_extract(data, local)
+    assert _layout(local) == before  # benign.txt, which comes first, is not there either
+
+
+def test_a_fifo_is_refused_with_its_name(tmp_path: Path):
+    data = ha.tar_bytes([ha.special("pipe", tarfile.FIFOTYPE)])
+    with pytest.raises(RunawayError, match="entry 'pipe' is a fifo, which runaway never "):
+        safe_extract(data, tmp_path)
