@@ -54,13 +54,17 @@ def pack(folder: Path) -> Pack:
     names = []
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for relative in _walk(folder, spec):
-            info = _normalised(tar.gettarinfo(folder / relative, relative))
-            names.append(relative)
-            if info.isreg():
-                with open(folder / relative, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
+            try:
+                info = _normalised(tar.gettarinfo(folder / relative, relative))
+                names.append(relative)
+                if info.isreg():
+                    with open(folder / relative, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+            except OSError as e:  # unreadable, or gone since the walk
+                raise RunawayError(f"cannot send {folder / relative}: {e.strerror}; make it "
+                                   f"readable or add it to {SEND_IGNORE}", ExitCode.SEND) from None
     data = buffer.getvalue()
     return Pack(data, hashlib.sha256(data).hexdigest(), tuple(names))
 

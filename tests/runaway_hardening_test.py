@@ -215,3 +215,20 @@ def test_a_fifo_is_refused_with_its_name(tmp_path: Path):
     data = ha.tar_bytes([ha.special("pipe", tarfile.FIFOTYPE)])
     with pytest.raises(RunawayError, match="entry 'pipe' is a fifo, which runaway never "):
         safe_extract(data, tmp_path)
+
+
+# -- §5 an unreadable file in the folder being sent ------------------------------------------
+
+
+def test_an_unreadable_file_to_send_is_one_line(work: Path):
+    script(work, "run.sh", "echo ran > ran.txt\n")
+    (work / "locked").write_text("secret")
+    (work / "locked").chmod(0)
+    # Root reads any file: drop the capabilities that let it, so the mode counts.
+    drop = (["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+            if os.geteuid() == 0 else [])
+    done = subprocess.run([*drop, "git", "runaway", "local", "run.sh"], cwd=work,
+                          capture_output=True, text=True, timeout=60)
+    one_line(done, re.escape(f"cannot send {work}/locked: Permission denied; make it readable "
+                             "or add it to .sendignore"))
+    assert not (work / "ran.txt").exists()
