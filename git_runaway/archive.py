@@ -54,13 +54,17 @@ def pack(folder: Path) -> Pack:
     names = []
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for relative in _walk(folder, spec):
-            info = _normalised(tar.gettarinfo(folder / relative, relative))
-            names.append(relative)
-            if info.isreg():
-                with open(folder / relative, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
+            try:
+                info = _normalised(tar.gettarinfo(folder / relative, relative))
+                names.append(relative)
+                if info.isreg():
+                    with open(folder / relative, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+            except OSError as e:  # unreadable, or gone since the walk
+                raise RunawayError(f"cannot send {folder / relative}: {e.strerror}; make it "
+                                   f"readable or add it to {SEND_IGNORE}", ExitCode.SEND) from None
     data = buffer.getvalue()
     return Pack(data, hashlib.sha256(data).hexdigest(), tuple(names))
 
@@ -109,12 +113,17 @@ def safe_extract(data: bytes, target: Path) -> list[str]:
             files = {posixpath.normpath(m.name) for m in members if m.isreg()}
             for member in members:
                 _check(member, links, files, target)
+            _check_kinds(members, target)
             for member in members:
                 _write(tar, member, target)
     except (tarfile.TarError, OSError) as e:
         raise RunawayError(f"refused the fetched archive: {e}; nothing outside "
                            f"{target} was written", ExitCode.FETCH) from None
     return [posixpath.normpath(m.name) for m in members if m.isreg()]
+
+
+_SPECIAL = {tarfile.FIFOTYPE: "a fifo", tarfile.CHRTYPE: "a character device",
+            tarfile.BLKTYPE: "a block device"}
 
 
 def _check(member: tarfile.TarInfo, links: dict[str, str], files: set[str],
@@ -124,7 +133,8 @@ def _check(member: tarfile.TarInfo, links: dict[str, str], files: set[str],
 
     name = PurePosixPath(member.name)
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-        raise refuse("is a device, fifo or other special file")
+        kind = _SPECIAL.get(member.type, "a special file")
+        raise refuse(f"is {kind}, which runaway never extracts")
     if name.is_absolute() or ".." in name.parts:
         raise refuse("has an absolute path or '..'")
     for parent in list(name.parents)[:-1]:
@@ -138,6 +148,39 @@ def _check(member: tarfile.TarInfo, links: dict[str, str], files: set[str],
     if member.islnk() and posixpath.normpath(member.linkname) not in files:
         raise refuse(f"is a hard link to something else than a file of the archive "
                      f"({member.linkname!r})")
+
+
+def _check_kinds(members: list[tarfile.TarInfo], target: Path) -> None:
+    """Refuse an archive that extraction would have to stop halfway through: an entry that
+    replaces a directory (on disk or earlier in the archive) with a file or a link, a file
+    with a directory, or that goes through a file. Checked on the whole archive first, as
+    the writes that would fail come after others have succeeded."""
+    kinds: dict[str, bool] = {}  # path -> is a directory, once the archive's entries so far are in
+
+    def is_dir(name: str) -> bool | None:  # None: nothing there
+        if name in kinds:
+            return kinds[name]
+        path = target / name
+        if path.is_dir() and not path.is_symlink():
+            return True
+        return False if os.path.lexists(path) else None
+
+    for member in members:
+        name = posixpath.normpath(member.name)
+        parts = PurePosixPath(name).parts
+        for parent in ("/".join(parts[:i]) for i in range(1, len(parts))):
+            if is_dir(parent) is False:
+                raise tarfile.TarError(f"entry {member.name!r} goes through {parent!r}, which "
+                                       "is not a directory")
+            kinds[parent] = True
+        there = is_dir(name)
+        if member.isdir() and there is False:
+            raise tarfile.TarError(f"entry {member.name!r} would replace the file {name!r} "
+                                   "with a directory")
+        if not member.isdir() and there:
+            raise tarfile.TarError(f"entry {member.name!r} would replace the directory "
+                                   f"{name!r}")
+        kinds[name] = member.isdir()
 
 
 def _resolves_inside(path: PurePosixPath, links: dict[str, str], target: Path) -> bool:

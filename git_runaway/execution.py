@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from git_runaway import remote
+from git_runaway import variables
 from git_runaway.archive import FETCH_IGNORE
 from git_runaway.archive import Pack
 from git_runaway.archive import ignore_spec
@@ -160,6 +161,7 @@ class Runaway:
     async def run(self, profile: Profile, job: Job, stdout: Sink, stderr: Sink) -> Outcome:
         start = time.monotonic()
         arguments = split_arguments(job.arguments)
+        variables.check(job.environment, job.script, arguments)
         script = _script_path(job)
         package = await asyncio.to_thread(pack, job.folder)
         if script not in package.files:

@@ -22,15 +22,15 @@ Options:
 ARGS are joined with spaces and split like a shell would, then quoted for the host:
 quotes group words, and ; $(...) and backticks stay literal text.
 
-Profiles (first found wins): .runaway/NAME.yml at the root of the enclosing git
-repository, then ~/.config/runaway/NAME.yml, then ~/.runaway/NAME.yml, then the
-built-in `local`, which runs on this machine without ssh. Keys: host_directory,
+Profiles (first found wins): ~/.config/runaway/NAME.yml, then ~/.runaway/NAME.yml,
+then the built-in `local`, which runs on this machine without ssh, then .runaway/NAME.yml
+at the root of the enclosing git repository (so a cloned repository never replaces your
+own profiles or `local`; --list shows the ones it ignores). Keys: host_directory,
 execution, and optionally ssh_config (without it the profile runs on this machine),
 before_execution and after_execution.
 
-Exit codes: the script's own, or for runaway's failures: 2 command line,
-3 profile, 4 connection or host key, 5 sending the code, 6 fetching the results,
-7 preparing or cleaning the host, 9 internal error, 130 interrupted.
+Exit codes: the script's own; for runaway's own failures 255, as ssh (the message on
+stderr says what failed); 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -91,4 +91,4 @@ def _dispatch(args: dict[str, object], cwd: Path) -> int:
 
 def _fail(message: str, code: ExitCode) -> int:
     print(f"runaway: {message}", file=sys.stderr)
-    return int(code)
+    return code.status

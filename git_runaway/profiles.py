@@ -1,10 +1,17 @@
 """Profiles: YAML files that say how to run code on a host.
 
-Search order, first match wins, like git's local-over-global config:
-  1. `.runaway/NAME.yml` at the root of the enclosing git repository (shared with collaborators);
-  2. `$XDG_CONFIG_HOME/runaway/NAME.yml` (default `~/.config/runaway/`);
-  3. `~/.runaway/NAME.yml` (the original tool's place);
-  4. the built-in `local` profile, which runs on this machine without ssh.
+Search order, first match wins:
+  1. `$XDG_CONFIG_HOME/runaway/NAME.yml` (default `~/.config/runaway/`);
+  2. `~/.runaway/NAME.yml` (the original tool's place);
+  3. the built-in `local` profile, which runs on this machine without ssh;
+  4. `.runaway/NAME.yml` at the root of the enclosing git repository (shared with
+     collaborators).
+A repository comes last, unlike git's local-over-global config: a cloned repository must not
+redirect where the user's own profiles, or `local`, run their code, nor what runs before it.
+
+Profile files are the user's (or a clone's) and may be anything: a fifo, a symlink to
+/dev/zero, a huge or broken file. They are read only when regular, and at most
+`MAX_BYTES`; a broken one fails only when it is asked for, never `--list`.
 """
 
 from __future__ import annotations
@@ -12,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 from collections.abc import Callable
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -25,6 +32,8 @@ KEYS = ("ssh_config", "host_directory", "before_execution", "execution", "after_
 # Without ssh_config, a profile runs on this machine, like the built-in `local`.
 REQUIRED = ("host_directory", "execution")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME = 100  # a file name has at most 255 bytes; a profile name is a short word
+MAX_BYTES = 1 << 20  # a profile is a few lines: more is a mistake, or /dev/zero
 BUILT_IN = "built-in"
 
 
@@ -50,15 +59,21 @@ LOCAL = Profile(
 )
 
 
-def search_path(cwd: Path) -> list[Path]:
-    """The profile folders, highest precedence first."""
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A row of `--list`: a profile file found (or the built-in), whether or not it loads."""
+
+    name: str
+    source: str  # the file, or "built-in"
+    profile: Profile | None  # None when broken or ignored
+    problem: str | None = None  # why it is broken, or ignored
+
+
+def user_folders() -> list[Path]:
+    """The user's own profile folders, highest precedence first."""
     home = Path.home()
     config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-    folders = [config / "runaway", home / ".runaway"]
-    root = repository_root(cwd)
-    if root is not None:
-        folders.insert(0, root / ".runaway")
-    return folders
+    return [config / "runaway", home / ".runaway"]
 
 
 def repository_root(cwd: Path) -> Path | None:
@@ -70,34 +85,94 @@ def repository_root(cwd: Path) -> Path | None:
 
 
 def load(name: str, cwd: Path) -> Profile:
-    if not NAME.fullmatch(name):
-        raise RunawayError(f"invalid profile name {name!r}: use letters, digits, '.', '_', '-'",
-                           ExitCode.PROFILE)
-    for folder in search_path(cwd):
-        path = folder / f"{name}.yml"
-        if path.is_file():
+    check_name(name)
+    for path in _user_candidates(name):
+        if os.path.lexists(path):  # even broken, it is the profile asked for: say why it fails
             return parse(path)
     if name == LOCAL.name:
         return LOCAL
-    known = ", ".join(sorted({p.name for p in available(cwd)}))
+    root = repository_root(cwd)
+    if root is not None and os.path.lexists(root / ".runaway" / f"{name}.yml"):
+        return parse(root / ".runaway" / f"{name}.yml")
+    known = ", ".join(sorted({e.name for e in listing(cwd)}))
     raise RunawayError(f"unknown profile {name!r}; known profiles: {known} "
-                       f"(add one as {search_path(cwd)[0]}/{name}.yml)", ExitCode.PROFILE)
+                       f"(add one as {user_folders()[0]}/{name}.yml)", ExitCode.PROFILE)
+
+
+def check_name(name: str) -> None:
+    if len(name) > MAX_NAME:
+        raise RunawayError(f"invalid profile name {name[:20]!r}... ({len(name)} characters): "
+                           f"use at most {MAX_NAME}", ExitCode.PROFILE)
+    if not NAME.fullmatch(name):
+        raise RunawayError(f"invalid profile name {name!r}: use letters, digits, '.', '_', '-'",
+                           ExitCode.PROFILE)
+
+
+def _user_candidates(name: str) -> list[Path]:
+    return [folder / f"{name}.yml" for folder in user_folders()]
 
 
 def available(cwd: Path) -> list[Profile]:
-    """Every profile that `load` can find, in precedence order, shadowed ones excluded."""
-    seen: dict[str, Profile] = {}
-    for path in _profile_files(cwd):
-        if path.stem not in seen:
-            seen[path.stem] = parse(path)
-    seen.setdefault(LOCAL.name, LOCAL)
-    return sorted(seen.values(), key=lambda p: p.name)
+    """Every profile that `load` finds and reads, by name."""
+    return [e.profile for e in listing(cwd) if e.profile is not None]
 
 
-def _profile_files(cwd: Path) -> Iterator[Path]:
-    for folder in search_path(cwd):
-        if folder.is_dir():
-            yield from sorted(p for p in folder.glob("*.yml") if NAME.fullmatch(p.stem))
+def listing(cwd: Path) -> list[Entry]:
+    """What `--list` shows, by name: the profile `load` finds for each name, broken or not,
+    and the repository's files that it ignores because the user's own or the built-in comes
+    first. A broken file is an entry with its problem: it never fails the listing."""
+    found: dict[str, Entry] = {}
+    for path in (p for folder in user_folders() for p in _profile_files(folder)):
+        found.setdefault(path.stem, _entry(path))  # ~/.config's shadows ~/.runaway's
+    found.setdefault(LOCAL.name, Entry(LOCAL.name, BUILT_IN, LOCAL))
+    ignored: list[Entry] = []
+    for path in _repository_files(cwd):
+        first = found.get(path.stem)
+        if first is None:
+            found[path.stem] = _entry(path)
+        else:
+            whose = "the built-in" if first.source == BUILT_IN else "your own"
+            ignored.append(Entry(path.stem, str(path), None,
+                                 f"ignored: {whose} {path.stem!r} comes first"))
+    return sorted([*found.values(), *ignored], key=lambda e: (e.name, e.profile is None))
+
+
+def _repository_files(cwd: Path) -> list[Path]:
+    root = repository_root(cwd)
+    if root is None or root / ".runaway" in user_folders():  # a home that is a repository
+        return []
+    return _profile_files(root / ".runaway")
+
+
+def _entry(path: Path) -> Entry:
+    try:
+        return Entry(path.stem, str(path), parse(path))
+    except RunawayError as e:
+        return Entry(path.stem, str(path), None, str(e).removeprefix(f"profile {path}: "))
+
+
+def _profile_files(folder: Path) -> list[Path]:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []  # missing (the usual case) or unreadable: no profiles there
+    return [folder / name for name in names if name.endswith(".yml")
+            and NAME.fullmatch(name[:-4]) and len(name) - 4 <= MAX_NAME]
+
+
+def read(path: Path) -> str:
+    """The text of a profile file, refused unless it is a regular file of at most
+    MAX_BYTES: a fifo would block, /dev/zero would fill the memory."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # follows symlinks; opens nothing
+        raise OSError("not a regular file")
+    # O_NONBLOCK: if it became a fifo since the stat, opening it must not wait for a writer.
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError("not a regular file")
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise OSError(f"larger than {MAX_BYTES} bytes")
+    return data.decode()
 
 
 def parse(path: Path) -> Profile:
@@ -105,7 +180,7 @@ def parse(path: Path) -> Profile:
         return RunawayError(f"profile {path}: {what}", ExitCode.PROFILE)
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read(path))
     except (OSError, UnicodeDecodeError) as e:
         raise fail(f"cannot read it ({e})") from None
     except yaml.YAMLError as e:
@@ -143,4 +218,6 @@ def _commands(
         value = [value]
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
         raise fail(f"key {key!r} must be a list of shell commands")
+    if not all(c.strip() for c in value):  # `execution: [""]` would run nothing, and say not why
+        raise fail(f"key {key!r} has an empty command")
     return tuple(value)

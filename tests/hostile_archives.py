@@ -106,7 +106,7 @@ def _path_max_bypass(local: Path, outside: Path) -> list[Entry]:
 ESCAPES = re.escape("has an absolute path or '..'")
 SYMLINK = "is a symlink pointing outside"
 HARDLINK = "is a hard link to something else than a file of the archive"
-SPECIAL = "is a device, fifo or other special file"
+SPECIAL = "is (a fifo|a character device), which runaway never extracts"
 OUTSIDE = "goes through the symlink"
 
 CASES = [

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from git_runaway import profiles
-from git_runaway.errors import ExitCode
+from git_runaway.errors import FAILED
 from git_runaway.errors import RunawayError
 from tests.conftest import runaway
 from tests.conftest import write_profile
@@ -22,12 +22,12 @@ def repo(tmp_path: Path) -> Path:
     return repo
 
 
-def test_precedence_repository_then_xdg_then_legacy_then_built_in(home: Path, repo: Path):
+def test_precedence_xdg_then_legacy_then_built_in_then_repository(home: Path, repo: Path):
     cwd = repo / "sub"
-    folders = [repo / ".runaway", home / ".config" / "runaway", home / ".runaway"]
+    folders = [home / ".config" / "runaway", home / ".runaway", repo / ".runaway"]
     files = [write_profile(folder, "p", **{**PROFILE, "host_directory": name})
-             for folder, name in zip(folders, ("repo", "xdg", "legacy"), strict=True)]
-    for expected, path in zip(("repo", "xdg", "legacy"), files, strict=True):
+             for folder, name in zip(folders, ("xdg", "legacy", "repo"), strict=True)]
+    for expected, path in zip(("xdg", "legacy", "repo"), files, strict=True):
         assert profiles.load("p", cwd).host_directory == expected
         path.unlink()
     with pytest.raises(RunawayError):
@@ -47,15 +47,19 @@ def test_built_in_local_profile_can_be_overridden(home: Path, tmp_path: Path):
 
 
 def test_list_shows_every_profile_with_its_source(home: Path, repo: Path):
-    write_profile(repo / ".runaway", "shared", **PROFILE)
+    write_profile(repo / ".runaway", "shared", **PROFILE)  # ignored: the user's own wins
+    write_profile(repo / ".runaway", "team", **PROFILE)
     write_profile(home / ".runaway", "mine", **PROFILE)
-    write_profile(home / ".runaway", "shared", **PROFILE)  # shadowed by the repository's
+    write_profile(home / ".runaway", "shared", **PROFILE)
     done = runaway("--list", cwd=repo)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["local", "mine", "shared"]
+    assert [line.split()[0] for line in lines] == ["local", "mine", "shared", "shared", "team"]
     assert lines[0].split(None, 1)[1].split() == ["this", "machine", "built-in"]
-    assert lines[2].endswith(str(repo / ".runaway" / "shared.yml"))
+    assert lines[2].endswith(str(home / ".runaway" / "shared.yml"))
+    assert lines[3].endswith(f"{repo}/.runaway/shared.yml (ignored: your own 'shared' comes "
+                             "first)")
+    assert lines[4].endswith(str(repo / ".runaway" / "team.yml"))
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -78,7 +82,7 @@ def test_bad_profile_files_get_one_line_errors(home: Path, tmp_path: Path, text:
     path.parent.mkdir()
     path.write_text(text)
     done = runaway("bad", "run", cwd=tmp_path)
-    assert done.returncode == ExitCode.PROFILE
+    assert done.returncode == FAILED
     assert done.stderr == f"runaway: profile {path}: {message}\n"
     assert done.stdout == ""
 
@@ -86,7 +90,7 @@ def test_bad_profile_files_get_one_line_errors(home: Path, tmp_path: Path, text:
 def test_unknown_profile_lists_the_known_ones(home: Path, tmp_path: Path):
     write_profile(home / ".runaway", "cluster", **PROFILE)
     done = runaway("nope", "run", cwd=tmp_path)
-    assert done.returncode == ExitCode.PROFILE
+    assert done.returncode == FAILED
     assert done.stderr.startswith("runaway: unknown profile 'nope'; known profiles: cluster, "
                                   "local (add one as ")
     assert done.stderr.count("\n") == 1

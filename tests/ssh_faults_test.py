@@ -23,6 +23,7 @@ import asyncssh
 import pytest
 
 from git_runaway.archive import pack
+from git_runaway.errors import FAILED
 from git_runaway.errors import ExitCode
 from tests import hostile_archives
 from tests.conftest import runaway
@@ -77,7 +78,7 @@ def fake(sshd: FakeSshd, home: Path, tmp_path: Path,
 def failure(result: subprocess.CompletedProcess[str], code: ExitCode, pattern: str) -> str:
     """Check that runaway failed with `code` and one line on stderr matching `pattern`
     """
-    assert result.returncode == code, result.stderr
+    assert result.returncode == code.status == FAILED, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert re.fullmatch(f"runaway: {pattern}", lines[0]), lines[0]
@@ -125,7 +126,7 @@ def test_lost_connection_prints_one_line(fake: Setup):
     for _ in range(3):  # the writes race the socket's error: a few tries catch a stray line
         dropped = fake.run()
         fake.sshd.settle()
-        assert dropped.returncode == ExitCode.CONNECTION, dropped.stderr
+        assert dropped.returncode == FAILED, dropped.stderr
         assert len(dropped.stderr.splitlines()) == 1, dropped.stderr[-500:]
 
 
@@ -144,22 +145,33 @@ def test_connection_dropped_during_the_run(fake: Setup):
 
 # -- host keys ---------------------------------------------------------------------------
 
-HOST_KEY = (rf"host key of '{ALIAS}' is unknown or has changed \(.+\); check it, accept it "
-            rf"with `ssh {ALIAS}` \(or ssh-keyscan into ~/\.ssh/known_hosts\), then retry")
+UNKNOWN = (rf"host key of '{ALIAS}' is unknown \(not in {{known}}\); check it, accept it "
+           rf"with `ssh {ALIAS}` \(or ssh-keyscan into {{known}}\), then retry")
+ATTACK = "someone may be impersonating the host \\(a man-in-the-middle attack\\)"
+CHANGED = (rf"WARNING: the host key of '{ALIAS}' has changed since it was recorded in "
+           rf"{{known}}: {ATTACK}, or its key was replaced; confirm the new key with the "
+           r"host's administrators before removing the old one \(ssh-keygen -R 127\.0\.0\.1\)")
+REVOKED = (rf"the host key of '{ALIAS}' is marked @revoked in {{known}}: {ATTACK}; do not "
+           r"accept it, ask the host's administrators")
 
 
-@pytest.mark.parametrize("known", ["other-host-only", "changed-key", "empty-file"])
-def test_unverified_host_key_runs_nothing(fake: Setup, home: Path, known: str):
+@pytest.mark.parametrize(("known", "message"), [
+    ("other-host-only", UNKNOWN), ("empty-file", UNKNOWN), ("changed-key", CHANGED),
+    ("revoked-key", REVOKED)])
+def test_unverified_host_key_runs_nothing(fake: Setup, home: Path, known: str, message: str):
     other = asyncssh.generate_private_key("ssh-ed25519")
     text = {
         "other-host-only": f"[127.0.0.1]:1 {other.export_public_key().decode()}",
         "changed-key": fake.sshd.known_hosts_line(other),
+        "revoked-key": "@revoked " + fake.sshd.known_hosts_line(),
         "empty-file": "",
     }[known]
     fake.sshd.write_client_config(home, ALIAS, known_hosts=text)
     script(fake.project, "run", "touch marker\n")
     refused = fake.run()
-    failure(refused, ExitCode.CONNECTION, HOST_KEY)
+    # The path is the config's UserKnownHostsFile, not ~/.ssh/known_hosts.
+    failure(refused, ExitCode.CONNECTION,
+            message.format(known=re.escape(str(home / ".ssh" / "fake_known_hosts"))))
     assert fake.sshd.commands == []
     assert not (fake.project / "marker").exists()
     assert not fake.host.exists()

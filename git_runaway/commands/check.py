@@ -14,7 +14,7 @@ def check(profile_name: str, cwd: Path, verbose: bool) -> int:
     steps = asyncio.run(_check(profile, verbose))
     for step, failure in steps:
         print(f"ok    {step}" if failure is None else f"FAIL  {step}: {failure}")
-    return 0 if all(failure is None for _, failure in steps) else int(ExitCode.HOST)
+    return 0 if all(failure is None for _, failure in steps) else ExitCode.HOST.status
 
 
 async def _check(profile: profiles.Profile, verbose: bool) -> list[tuple[str, str | None]]:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import os
+from pathlib import Path
 
 import asyncssh
 
@@ -36,10 +39,7 @@ class SshHost:
             # UserKnownHostsFile) and verifies the host key against known_hosts.
             connection = await asyncssh.connect(alias)
         except asyncssh.HostKeyNotVerifiable as e:
-            raise RunawayError(
-                f"host key of {alias!r} is unknown or has changed ({e}); check it, accept it "
-                f"with `ssh {alias}` (or ssh-keyscan into ~/.ssh/known_hosts), then retry",
-                ExitCode.CONNECTION) from None
+            raise _host_key_error(alias, e) from None
         except FileNotFoundError as e:
             raise RunawayError(
                 f"cannot verify the host key of {alias!r}: {e.filename} does not exist; "
@@ -97,6 +97,67 @@ async def _write(stream: asyncssh.SSHWriter[bytes], data: bytes, hold: bool) -> 
         await stream.drain()
     if not hold:
         stream.write_eof()
+
+
+def _host_key_error(alias: str, error: asyncssh.HostKeyNotVerifiable) -> RunawayError:
+    """An unknown key is accepted once checked; a changed or revoked one may be an attack,
+    and accepting it is the last thing to advise."""
+    files, host, port = _known_hosts(alias)
+    where = " and ".join(files) or "~/.ssh/known_hosts"
+    recorded = _recorded(files, host, port)
+    if "revoked" in str(error) or recorded == "revoked":
+        message = (f"the host key of {alias!r} is marked @revoked in {where}: someone may be "
+                   "impersonating the host (a man-in-the-middle attack); do not accept it, ask "
+                   "the host's administrators")
+    elif recorded == "changed":
+        message = (f"WARNING: the host key of {alias!r} has changed since it was recorded in "
+                   f"{where}: someone may be impersonating the host (a man-in-the-middle "
+                   "attack), or its key was replaced; confirm the new key with the host's "
+                   f"administrators before removing the old one (ssh-keygen -R {host})")
+    else:
+        message = (f"host key of {alias!r} is unknown (not in {where}); check it, accept it "
+                   f"with `ssh {alias}` (or ssh-keyscan into {where}), then retry")
+    return RunawayError(message, ExitCode.CONNECTION)
+
+
+def _known_hosts(alias: str) -> tuple[list[str], str, int]:
+    """The known_hosts files, host name and port that ~/.ssh/config gives `alias`, as
+    asyncssh reads them (UserKnownHostsFile, HostKeyAlias, HostName, Port)."""
+    from asyncssh.config import SSHClientConfig
+
+    path = Path("~/.ssh/config").expanduser()
+    try:
+        config = SSHClientConfig.load(None, [path] if path.exists() else [], False, False,
+                                      False, getpass.getuser(), "", alias, ())
+        files = config.get("UserKnownHostsFile") or ["~/.ssh/known_hosts"]
+        host = config.get("HostKeyAlias") or config.get("Hostname") or alias
+        port = config.get("Port") or 22
+        if isinstance(files, list) and isinstance(port, int):
+            return [str(f) for f in files], str(host), port
+    except (OSError, asyncssh.Error, ValueError):
+        pass
+    return [], alias, 22  # the message is then less precise, never wrong
+
+
+def _recorded(files: list[str], host: str, port: int) -> str | None:
+    """What known_hosts holds for `host`: "revoked", "changed" (a key, but not the one
+    refused) or None. The port goes into the name, as OpenSSH writes it: asyncssh's own
+    lookup retries without the port when it finds no trusted key, losing @revoked entries."""
+    from asyncssh.known_hosts import match_known_hosts
+
+    name = host if port == 22 else f"[{host}]:{port}"
+    verdict = None
+    for file in files:
+        try:
+            trusted, authorities, revoked, *_ = match_known_hosts(os.path.expanduser(file),
+                                                                  name, "", None)
+        except (OSError, ValueError):
+            continue
+        if revoked:
+            return "revoked"
+        if trusted or authorities:
+            verdict = "changed"
+    return verdict
 
 
 def _reason(error: BaseException) -> str:
