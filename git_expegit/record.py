@@ -30,7 +30,7 @@ ExecutionId = NewType("ExecutionId", str)
 
 # A profile name, as runaway accepts it (git_runaway.profiles.NAME: the data layer never
 # imports runaway).
-PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # and at most 100 characters
 _EXECUTION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -184,8 +184,8 @@ def check_value(key: str, value: str) -> None:
     """A trailer value must stay one trailer: one line, no control characters."""
     what = _WHAT.get(key, key)
     if key == Trailer.PROFILE and not PROFILE_NAME.fullmatch(value):
-        raise RecordError(f"invalid profile name {value!r}: use letters, digits, '.', '_' "
-                          "and '-', starting with a letter or digit")
+        raise RecordError(f"invalid profile name {value[:120]!r}: use up to 100 letters, "
+                          "digits, '.', '_' and '-', starting with a letter or digit")
     if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
         raise RecordError(f"{what} cannot hold a newline or a control character: {value!r}")
     if value != value.strip():

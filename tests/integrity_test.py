@@ -131,7 +131,7 @@ def test_a_stale_index_stat_is_no_local_change(tmp_path: Path, campaign: Path,
 
 
 @pytest.mark.parametrize("profile", ["gpu\nExpegit-Execution: 00000000-0000-4000-8000-0",
-                                     "a b", "-x", "gpu\r", ""])
+                                     "a b", "-x", "gpu\r", "", "p" * 101])
 def test_a_profile_cannot_inject_trailers(campaign: Path, profile: str) -> None:
     before = snapshot(campaign)
     for args in (["--profile", profile], ["--sweep", "x=1,2", "--profile", profile]):
