@@ -206,10 +206,16 @@ def _created_outside(campaign: Campaign, execution: Execution) -> list[str]:
     return sorted(found)
 
 
-def _drop_code(campaign: Campaign, path: str) -> None:
-    """Remove what git does not track in the folder (the code), but never touch data/."""
-    git.run(["clean", "-d", "-x", "-f", "-q", "--", path, f":(exclude){path}/data"],
-            campaign.root)
+def _drop_code(campaign: Campaign, path: str, keep: Sequence[str] = KEPT) -> None:
+    """Remove what the folder holds besides `keep` (the code, what the run left outside
+    data/), never data/. In Python, not `git clean`: that reads the whole index."""
+    for entry in os.scandir(campaign.root / path):
+        if entry.name in keep:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def reset(campaign: Campaign, execution: Execution) -> None:
@@ -223,7 +229,7 @@ def reset(campaign: Campaign, execution: Execution) -> None:
             Trailer.EXECUTION: execution.id, Trailer.STATUS: "reset"}))
         tx.log(execution.creation, "reset")
         tx.publish("exec reset")
-        _drop_code(campaign, path)
+        _drop_code(campaign, path, keep=(".gitignore", "data"))
         write_code(campaign, execution.commit, campaign.root / path)
 
 

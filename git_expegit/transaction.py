@@ -23,6 +23,7 @@ published tree. Until then `.git/index.lock` keeps plain git from committing a h
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -275,30 +276,61 @@ def _moved(campaign: Campaign, moves: Mapping[str, list[str | None]]) -> bool:
 
 
 def _changes(repo: pygit2.Repository, old: str, new: str, staged: Collection[str]) -> _Changes:
-    """The difference of two trees, read with libgit2, which skips equal subtrees: the
-    cost is what changed."""
-    new_tree = repo[new].peel(pygit2.Tree)
-    if old == git.EMPTY_TREE:
-        diff = new_tree.diff_to_tree(swap=True)
-    else:
-        diff = repo[old].peel(pygit2.Tree).diff_to_tree(new_tree)
+    """How the index and work tree go from tree `old` to tree `new`."""
     info, write, delete, existing = [], [], [], []
-    for delta in diff.deltas:
-        path = delta.new_file.path
+    for path, before, after in _diff(repo, None if old == git.EMPTY_TREE else old, new):
         inside_staged = any(path.startswith(folder + "/") for folder in staged)
-        if delta.status == pygit2.enums.DeltaStatus.DELETED:
+        if after is None:
             info.append(f"0 {git.ZERO}\t{path}")
             delete.append(path)
         else:
-            info.append(f"{delta.new_file.mode:o} {delta.new_file.id}\t{path}")
-            if delta.new_file.mode != GITLINK:
+            info.append(f"{after[0]:o} {after[1]}\t{path}")
+            if after[0] != GITLINK:
                 write.append(path)
         if inside_staged:
             info.pop()
-        if delta.status != pygit2.enums.DeltaStatus.ADDED and not inside_staged \
-                and delta.old_file.mode != GITLINK:
+        elif before is not None and before[0] != GITLINK:
             existing.append(path)
     return _Changes(info, write, delete, existing)
+
+
+_File = tuple[int, str]  # mode, object id
+
+
+def _diff(repo: pygit2.Repository, old: str | None, new: str | None,
+          prefix: str = "") -> Iterator[tuple[str, _File | None, _File | None]]:
+    """The files that differ between two trees, as (path, before, after). Equal subtrees
+    are skipped by their ids, so the cost is what changed, not the campaign's size."""
+    before, after = _entries(repo, old), _entries(repo, new)
+    for name in sorted(before.keys() | after.keys()):
+        b, a = before.get(name), after.get(name)
+        if b == a:
+            continue
+        path = prefix + name
+        b_tree = b[1] if b is not None and b[0] == TREE else None
+        a_tree = a[1] if a is not None and a[0] == TREE else None
+        if b_tree is not None or a_tree is not None:
+            yield from _diff(repo, b_tree, a_tree, path + "/")
+        if (b is not None and b_tree is None) or (a is not None and a_tree is None):
+            yield (path, None if b_tree is not None else b, None if a_tree is not None else a)
+
+
+def _entries(repo: pygit2.Repository, tree: str | None) -> dict[str, _File]:
+    if tree is None:
+        return {}
+    return _listing(repo, tree)
+
+
+@functools.lru_cache(maxsize=4096)
+def _listing_cached(repo: pygit2.Repository, tree: str) -> tuple[tuple[str, _File], ...]:
+    # A batch gives thousands of folders the same tree: it is read once.
+    found = repo[tree]
+    assert isinstance(found, pygit2.Tree)
+    return tuple((e.name or "", (e.filemode, str(e.id))) for e in found)
+
+
+def _listing(repo: pygit2.Repository, tree: str) -> dict[str, _File]:
+    return dict(_listing_cached(repo, tree))
 
 
 def _refuse_local_changes(campaign: Campaign, changes: _Changes, worktree: bool) -> None:
