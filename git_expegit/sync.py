@@ -127,7 +127,7 @@ def _integrate(campaign: Campaign) -> Merged:
     if new_tip == head.id and new_notes == tx.notes_tip:
         return Merged(0, [])
     assert new_tip is not None
-    tx.tip, tx.notes_tip = new_tip, new_notes
+    tx.tip, tx.notes_tip, tx.touched = new_tip, new_notes, None
     tx.root = trees.get(new_tip) or repo[new_tip].peel(pygit2.Tree).id
     tx.publish("sync")
     if new_tip == head.id:
