@@ -313,6 +313,8 @@ def _check_out_campaign(root: Path, url: str) -> None:
 def update_experiment(campaign: Campaign) -> str | None:
     """Fetch the experiment and pin its newest commit; None when it is already pinned."""
     root = campaign.root
+    # Checked first: in an empty xprp/, git would find and fetch the campaign itself.
+    campaign.experiment()
     git.run([*git.FILE_PROTOCOL, "fetch", "--quiet", "origin"], root / EXPERIMENT,
             code=ExitCode.REMOTE, what="fetching the experiment")
     newest = git.run(["rev-parse", "--verify", "refs/remotes/origin/HEAD^{commit}"],

@@ -157,3 +157,16 @@ def test_a_finish_without_results_keeps_the_repository_readable(campaign: Path) 
     expegit("finish", folder.name, cwd=campaign)  # nothing in data/: the same trees again
     assert git("fsck", "--strict", cwd=campaign) == ""
     assert _state(campaign, folder) == "finished"
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_update_expe_without_the_experiment_says_so(campaign: Path, empty: bool) -> None:
+    shutil.rmtree(campaign / "xprp")
+    if empty:
+        (campaign / "xprp").mkdir()  # as a clone without --recurse-submodules leaves it
+    before = snapshot(campaign)
+    result = expegit("update-expe", cwd=campaign, check=False)
+    assert (result.returncode, result.stderr) == (
+        3, "expegit: the experiment submodule xprp/ is missing: run git submodule update "
+           "--init\n")
+    assert snapshot(campaign) == before
