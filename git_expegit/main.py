@@ -68,6 +68,8 @@ campaign or a broken one, 4 bad input (grammar, unknown id or commit), 5 git-lfs
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -90,7 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DocoptExit:
         return fail("invalid command line; see git expegit -h", ExitCode.USAGE)
     try:
-        return _dispatch(args, Path.cwd())
+        code = _dispatch(args, Path.cwd())
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except ExpegitError as e:
         if args["--verbose"] and e.detail:
             sys.stderr.write("".join(f"expegit: | {line}\n" for line in e.detail.splitlines()))
@@ -101,6 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         return fail("internal error (a bug): please report the traceback above",
                     ExitCode.INTERNAL)
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`git expegit list | head -1`): stop quietly, as
+    git does, with the status of a process killed by SIGPIPE."""
+    # What is still buffered for the closed pipe would fail again at exit: point stdout at
+    # /dev/null so that Python's final flush has somewhere to go.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _dispatch(a: dict[str, object], cwd: Path) -> int:
