@@ -106,6 +106,11 @@ def measure(sh: Shell, campaign: Path, n: int, repeat: int) -> dict[str, tuple[f
 
     results["status (warm)"] = median_of(repeat, status)
     results["git status (plain)"] = plain_git_status(sh, campaign, repeat)
+    sh.expegit("exec", "new", "--sweep=--more=range(1000)", cwd=campaign)
+    settle()
+    first, out = sh.timed(["git", "expegit", "status"], campaign)
+    check(out.splitlines()[-1].split() == ["total", str(total + 1000)], f"status says {out!r}")
+    results["status after a sweep of 1000 (first)"] = (first, [first])
     return results
 
 
