@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,15 +30,27 @@ from harness import make_experiment
 from harness import sandbox
 
 # What git offers for large work trees (git 2.39, Linux), each measured on its own, then
-# together. Each is (label, config to set, command that applies it to the existing index).
-SETTINGS: list[tuple[str, list[str], list[str]]] = [
-    ("index.version=4", ["index.version", "4"], ["update-index", "--index-version", "4"]),
-    ("core.untrackedCache=true", ["core.untrackedCache", "true"],
-     ["update-index", "--untracked-cache"]),
-    ("core.splitIndex=true", ["core.splitIndex", "true"], ["update-index", "--split-index"]),
-    ("feature.manyFiles=true", ["feature.manyFiles", "true"],
-     ["update-index", "--index-version", "4"]),
+# together: (label, config to set, commands that apply it to the existing index). Between
+# two, everything is set back to git's defaults (UNDO).
+SETTINGS: list[tuple[str, list[tuple[str, str]], list[list[str]]]] = [
+    ("index.version=4", [("index.version", "4")], [["update-index", "--index-version", "4"]]),
+    ("core.untrackedCache=true", [("core.untrackedCache", "true")],
+     [["update-index", "--untracked-cache"]]),
+    ("feature.manyFiles=true (index v4 + untracked cache)", [("feature.manyFiles", "true")],
+     [["update-index", "--index-version", "4"], ["update-index", "--untracked-cache"]]),
+    ("core.splitIndex=true", [("core.splitIndex", "true")], [["update-index", "--split-index"]]),
+    ("manyFiles + splitIndex", [("feature.manyFiles", "true"), ("core.splitIndex", "true")],
+     [["update-index", "--index-version", "4"], ["update-index", "--untracked-cache"],
+      ["update-index", "--split-index"]]),
+    ("manyFiles + fsmonitor (watchman hook)",
+     [("feature.manyFiles", "true"), ("core.fsmonitor", ".git/hooks/fsmonitor-watchman")],
+     [["update-index", "--index-version", "4"], ["update-index", "--untracked-cache"],
+      ["update-index", "--fsmonitor"]]),
+    ("status.showUntrackedFiles=no (reference: hides untracked files)",
+     [("status.showUntrackedFiles", "no")], []),
 ]
+UNDO = [["update-index", "--no-split-index", "--no-untracked-cache", "--no-fsmonitor",
+         "--index-version", "2"]]
 GOAL_RATIO = 2.0
 
 
@@ -115,7 +128,8 @@ def measure(sh: Shell, campaign: Path, n: int, repeat: int) -> dict[str, tuple[f
 
 
 def plain_git_status(sh: Shell, campaign: Path, repeat: int) -> tuple[float, list[float]]:
-    sh.git("status", "--porcelain", cwd=campaign)  # warm the caches the settings add
+    for _ in range(2):  # warm the caches the settings add (written by the first)
+        sh.git("status", "--porcelain", cwd=campaign)
 
     def once(_: int) -> float:
         seconds, out = sh.timed(["git", "status", "--porcelain"], campaign)
@@ -127,28 +141,42 @@ def plain_git_status(sh: Shell, campaign: Path, repeat: int) -> tuple[float, lis
 
 def with_settings(sh: Shell, campaign: Path, repeat: int
                   ) -> list[tuple[str, tuple[float, list[float]], tuple[float, list[float]]]]:
-    """Plain `git status` and one `exec new` with each setting, in a copy of the campaign
-    each, then with all of them; the index is rewritten as each setting asks."""
+    """Plain `git status` and one `exec new` with each setting, applied to the campaign in
+    place and taken back after (copies would start with cold caches and stale stat data)."""
     rows = []
-    combos = [(label, [(cfg, cmd)]) for label, cfg, cmd in SETTINGS]
-    combos.append(("all: manyFiles + splitIndex", [(s[1], s[2]) for s in SETTINGS]))
-    for label, parts in combos:
-        copy = campaign.parent / f"settings-{len(rows)}"
-        subprocess.run(["cp", "-a", str(campaign), str(copy)], check=True)
-        sh.git("update-index", "--really-refresh", cwd=copy)
-        for config, command in parts:
-            sh.git("config", *config, cwd=copy)
-            sh.git(*command, cwd=copy)
+    for label, configs, commands in SETTINGS:
+        if any(key == "core.fsmonitor" for key, _ in configs) and not _watchman(campaign):
+            continue
+        for key, value in configs:
+            sh.git("config", key, value, cwd=campaign)
+        for command in commands:
+            sh.git(*command, cwd=campaign)
         settle()
-        git_status = plain_git_status(sh, copy, repeat)
+        git_status = plain_git_status(sh, campaign, repeat)
 
-        def new(i: int, copy: Path = copy) -> float:
+        def new(i: int) -> float:
             settle()
-            return sh.timed(["git", "expegit", "exec", "new", "--", f"--s={i}"], copy)[0]
+            return sh.timed(["git", "expegit", "exec", "new", "--", f"--s={i}"], campaign)[0]
 
         rows.append((label, git_status, median_of(repeat, new)))
-        subprocess.run(["rm", "-rf", str(copy)], check=True)
+        for key, _ in configs:
+            sh.git("config", "--unset", key, cwd=campaign)
+        for command in UNDO:
+            sh.git(*command, cwd=campaign)
     return rows
+
+
+def _watchman(campaign: Path) -> bool:
+    """The hook git ships for fsmonitor, installed, when watchman is (it is not part of
+    git: a daemon the user would have to run)."""
+    hook = campaign / ".git" / "hooks" / "fsmonitor-watchman"
+    sample = hook.with_name("fsmonitor-watchman.sample")
+    if shutil.which("watchman") is None or not sample.is_file():
+        return False
+    shutil.copy(sample, hook)
+    hook.chmod(0o755)
+    return subprocess.run(["watchman", "watch", str(campaign)], capture_output=True
+                          ).returncode == 0
 
 
 def fmt(value: tuple[float, list[float]]) -> str:
