@@ -197,9 +197,12 @@ class Invalid(Exception):
     that has not finished): the cache is rebuilt."""
 
 
-# One execution in a shard: [order, creation commit, experiment commit, parameters,
+# One execution: [order of creation, creation commit, experiment commit, parameters,
 # profile or None, folder present at the tip, note text].
 Record = list[object]
+# Changed executions wait in the journal, so that a sweep of 1,000 in a campaign of 50,000
+# writes 1,000 records, not 50,000; past this many, they are merged into their shards.
+JOURNAL_MAX = 2048
 
 
 def _record_ok(value: object) -> bool:
@@ -209,12 +212,8 @@ def _record_ok(value: object) -> bool:
             and isinstance(value[5], bool) and isinstance(value[6], str))
 
 
-def _str_map(value: object) -> bool:
-    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-
-
 class Catalog:
-    """The cache, read lazily: the index at once, each shard when it is asked for."""
+    """The cache, read lazily: the index at once, the journal and each shard when asked."""
 
     def __init__(self, path: Path, index: dict[str, object] | None = None,
                  generation: int = 0) -> None:
@@ -226,14 +225,13 @@ class Catalog:
         self.head: str | None = index.get("head")  # type: ignore[assignment]
         self.notes: str | None = index.get("notes")  # type: ignore[assignment]
         self.next_order: int = index.get("next", 0)  # type: ignore[assignment]
-        # The trees the shards reflect: excs/ bucket -> tree id, notes root entry -> id.
-        self.excs: dict[str, str] = index.get("excs", {})  # type: ignore[assignment]
-        self.notes_root: dict[str, str] = index.get("notes_root", {})  # type: ignore[assignment]
-        # shard -> state -> executions present at the tip in that state
+        self.on_disk: set[str] = set(index.get("shards", ()))  # type: ignore[call-overload]
+        # shard -> state -> executions present at the tip in that state (journal included)
         self.shard_counts: dict[str, dict[str, int]] = index.get("counts", {})  # type: ignore
         self._shards: dict[str, dict[str, Record]] = {}
+        self._journal: dict[str, Record] | None = None
         self.dirty: set[str] = set()  # shards changed in memory, to save
-        self.changed = False  # the index changed in memory, to save
+        self.changed = False  # the index or the journal changed in memory, to save
 
     @classmethod
     def load(cls, path: Path) -> Catalog:
@@ -252,36 +250,67 @@ class Catalog:
         return (self.valid and not self.writing and refs.UNKNOWN not in (head, notes)
                 and (head, notes) == (self.head, self.notes))
 
+    def reset(self) -> None:
+        """Forget everything: it is all read again."""
+        self.valid, self.head, self.notes, self.next_order = False, None, None, 0
+        self.shard_counts, self._shards, self._journal = {}, {}, {}
+        # The old files stay until rewritten, unlisted: nothing reads them.
+        self.on_disk, self.dirty, self.changed = set(), set(), True
+
+    def journal(self) -> dict[str, Record]:
+        if self._journal is None:
+            self._journal = self._load("journal", "journal" in self.on_disk)
+        return self._journal
+
     def shard(self, name: str) -> dict[str, Record]:
         if name not in self._shards:
-            self._shards[name] = self._load_shard(name) if self.valid else {}
+            self._shards[name] = self._load(name, name in self.on_disk)
         return self._shards[name]
 
-    def _load_shard(self, name: str) -> dict[str, Record]:
-        if name not in self.shard_counts:
-            return {}  # never written: no execution there
+    def _load(self, name: str, exists: bool) -> dict[str, Record]:
+        if not (self.valid and exists):
+            return {}
         try:
             data = json.loads((self.path / f"{name}.json").read_text())
         except (OSError, ValueError):
             raise Invalid(name) from None
         if not (isinstance(data, dict) and data.get("version") == CACHE_VERSION
                 and type(data.get("generation")) is int
-                and isinstance(data.get("executions"), dict)
-                and all(_record_ok(r) for r in data["executions"].values())):
+                and isinstance(data.get("executions"), dict)):
             raise Invalid(name)
         if data["generation"] > self.generation:
             raise Invalid(name)  # written after the index was read: a writer is at work
         return data["executions"]  # type: ignore[no-any-return]
 
-    def put(self, name: str, shard: dict[str, Record]) -> None:
-        self._shards[name] = shard
-        self.dirty.add(name)
+    def record(self, eid: str) -> Record | None:
+        """An execution as cached (journal first), checked."""
+        found = self.journal().get(eid) or self.shard(eid[:2]).get(eid)
+        if found is not None and not _record_ok(found):
+            raise Invalid(eid)
+        return found
+
+    def put(self, eid: str, new: Record, old: Record | None) -> None:
+        """Record an execution's new state, keeping the counts right."""
+        counts = self.shard_counts.setdefault(eid[:2], {})
+        if old is not None and old[5]:
+            state = state_of(_lines(old))
+            counts[state] -= 1
+            if not counts[state]:
+                del counts[state]
+        if new[5]:
+            state = state_of(_lines(new))
+            counts[state] = counts.get(state, 0) + 1
+        self.journal()[eid] = new
         self.changed = True
-        states = Counter(state_of(_lines(r)) for r in shard.values() if r[5])
-        if shard:
-            self.shard_counts[name] = dict(states)
-        else:
-            self.shard_counts.pop(name, None)
+
+    def compact(self) -> None:
+        """Merge the journal into the shards once it is long."""
+        if len(self.journal()) <= JOURNAL_MAX:
+            return
+        for eid, record in self.journal().items():
+            self.shard(eid[:2])[eid] = record
+            self.dirty.add(eid[:2])
+        self._journal = {}
 
     def counts(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -292,13 +321,15 @@ class Catalog:
     def shard_executions(self, name: str) -> list[Execution]:
         if len(name) != 2 or not set(name) <= _HEX:
             return []  # not a shard name: no execution has this prefix
-        return _executions(self.shard(name))
+        records = {**self.shard(name), **{eid: r for eid, r in self.journal().items()
+                                          if eid[:2] == name}}
+        return _executions(records)
 
     def executions(self) -> list[Execution]:
-        records = {eid: r for name in sorted(self.shard_counts)
+        records = {eid: r for name in sorted(self.on_disk - {"journal"})
                    for eid, r in self.shard(name).items()}
-        ordered = sorted(records, key=lambda eid: records[eid][0])  # type: ignore
-        return _executions({eid: records[eid] for eid in ordered})
+        records.update(self.journal())
+        return sorted(_executions(records), key=lambda e: records[e.id][0])  # type: ignore
 
     def save(self) -> None:
         """Write what changed; a failure (full disk, read-only folder) leaves a cache the
@@ -313,10 +344,11 @@ class Catalog:
             if previous.valid:
                 self._write("index.json", {**previous._index(), "writing": True})
             generation = max(previous.generation + 1, self.generation + 1, time.time_ns())
-            for name in sorted(self.dirty):
+            for name in [*sorted(self.dirty), "journal"]:
+                records = self.journal() if name == "journal" else self.shard(name)
                 self._write(f"{name}.json", {"version": CACHE_VERSION,
-                                             "generation": generation,
-                                             "executions": self.shard(name)})
+                                             "generation": generation, "executions": records})
+                self.on_disk.add(name)
             self.generation, self.writing = generation, False
             self._write("index.json", self._index())
             (self.path.parent / "catalog.json").unlink(missing_ok=True)  # version 3's
@@ -328,7 +360,7 @@ class Catalog:
     def _index(self) -> dict[str, object]:
         return {"version": CACHE_VERSION, "generation": self.generation,
                 "writing": self.writing, "head": self.head, "notes": self.notes,
-                "next": self.next_order, "excs": self.excs, "notes_root": self.notes_root,
+                "next": self.next_order, "shards": sorted(self.on_disk),
                 "counts": self.shard_counts}
 
     def _write(self, name: str, data: dict[str, object]) -> None:
@@ -348,7 +380,9 @@ def _index_ok(data: object) -> bool:
             and all(data.get(k) is None or isinstance(data.get(k), str)
                     for k in ("head", "notes"))
             and type(data.get("next")) is int
-            and _str_map(data.get("excs")) and _str_map(data.get("notes_root"))
+            and isinstance(data.get("shards"), list)
+            and all(isinstance(n, str) and (n == "journal" or (len(n) == 2 and set(n) <= _HEX))
+                    for n in data["shards"])
             and isinstance(data.get("counts"), dict)
             and all(isinstance(c, dict) and all(type(n) is int for n in c.values())
                     for c in data["counts"].values()))
@@ -358,10 +392,12 @@ def _lines(record: Record) -> tuple[str, ...]:
     return tuple(line for line in str(record[6]).splitlines() if line)
 
 
-def _executions(shard: dict[str, Record]) -> list[Execution]:
+def _executions(records: dict[str, Record]) -> list[Execution]:
+    if not all(_record_ok(r) for r in records.values()):
+        raise Invalid("record")
     return [Execution(ExecutionId(eid), str(r[1]), str(r[2]), str(r[3]),
                       None if r[4] is None else str(r[4]), _lines(r))
-            for eid, r in shard.items() if r[5]]
+            for eid, r in records.items() if r[5]]
 
 
 def _read(campaign: Campaign, answer: Callable[[Catalog], T]) -> T:

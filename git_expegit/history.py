@@ -1,9 +1,9 @@
 """Bringing the catalog's cache up to date from git objects (the catalog's slow path).
 
 Only what changed since the cache was written is read: the commits in `tip..cached tip`
-(all of them when history was rewritten), the `excs/` buckets and the notes whose tree or
-blob ids changed. Only the shards those touch are rewritten: a finish reads and writes
-one or two shards, whatever the size of the campaign.
+(all of them when history was rewritten), and the files that differ between the cached
+and the current `excs/` and notes trees (libgit2 compares the trees and skips the subtrees
+whose ids are equal). A finish costs a few records, whatever the size of the campaign.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from git_expegit import notes
 from git_expegit.campaign import EXECUTIONS
 from git_expegit.campaign import NOTES_REF
 from git_expegit.catalog import Catalog
+from git_expegit.catalog import Record
 
-_TREE = pygit2.enums.FileMode.TREE
 # execution id -> (order of creation, creation commit, experiment commit, parameters,
 # profile)
 Created = dict[str, tuple[int, str, str, str, str | None]]
@@ -29,39 +29,61 @@ def update(repo: pygit2.Repository, catalog: Catalog) -> None:
     notes_id = None if notes_tip is None else str(notes_tip.id)
     if catalog.fresh(head, notes_id):
         return
-    if not (catalog.valid and not catalog.writing and (catalog.head == head or (
-            tip is not None and catalog.head is not None and _ancestor(repo, catalog.head, tip)))):
-        catalog.valid, catalog.head, catalog.excs, catalog.notes_root = False, None, {}, {}
-        catalog.shard_counts, catalog.next_order = {}, 0  # history rewritten: everything
+    old_excs, old_notes = _tree(repo, catalog.head, EXECUTIONS), _tree(repo, catalog.notes)
+    if not (catalog.valid and not catalog.writing and _known(repo, catalog.notes)
+            and (catalog.head == head or _ancestor(repo, catalog.head, tip))):
+        catalog.reset()  # history rewritten, or no usable cache: everything is read
+        old_excs = old_notes = None
     created = _walk(repo, catalog, tip)
-    excs = _entries(repo, _subtree(repo, tip, EXECUTIONS))
-    notes_root = _entries(repo, None if notes_tip is None else notes_tip.tree_id)
-    changed_notes = _changed_notes(repo, catalog.notes_root, notes_root)
-    touched: dict[str, dict[str, str]] = {}  # shard -> execution id -> its note now
-    catalog.next_order += len(created)
+    excs = _tree(repo, head, EXECUTIONS)
+    texts = _changed_notes(repo, old_notes, None if notes_tip is None else notes_tip.tree)
+    # Every execution whose record may change: the new ones, those whose folder changed and
+    # those whose note changed.
+    touched = set(created)
+    if catalog.valid:  # else everything is read again: only created executions count
+        touched |= _changed_folders(old_excs, excs)
     by_creation = {record[1]: eid for eid, record in created.items()}
-    for creation, text in changed_notes.items():
+    changed_notes: dict[str, str] = {}
+    for creation, text in texts.items():
         execution = by_creation.get(creation) or _creator(repo, creation)
         if execution is not None:
-            touched.setdefault(execution[:2], {})[execution] = text
+            changed_notes[execution] = text
+            touched.add(execution)
     notes_tree = None if notes_tip is None else notes_tip.tree
-    for execution, (_, creation, *_) in created.items():
-        if creation not in changed_notes:  # its note came before its commit (a fetch)
-            touched.setdefault(execution[:2], {})[execution] = notes.read(repo, notes_tree,
-                                                                          creation)
-    for name in {b for b in excs.keys() | catalog.excs.keys()
-                 if excs.get(b) != catalog.excs.get(b)}:
-        touched.setdefault(name, {})
-    for name, texts in touched.items():
-        _update_shard(repo, catalog, name, created, texts, excs.get(name))
-    catalog.head, catalog.notes = head, notes_id
-    catalog.excs, catalog.notes_root, catalog.changed = excs, notes_root, True
+    for eid in sorted(touched, key=lambda e: created[e][0] if e in created else -1):
+        _update_one(repo, catalog, eid, created.get(eid), changed_notes.get(eid), notes_tree,
+                    excs)
+    catalog.compact()
+    catalog.head, catalog.notes, catalog.changed = head, notes_id, True
+
+
+def _update_one(repo: pygit2.Repository, catalog: Catalog, eid: str,
+                created: tuple[int, str, str, str, str | None] | None, note: str | None,
+                notes_tree: pygit2.Tree | None, excs: pygit2.Tree | None) -> None:
+    """Bring one execution's record up to date: `created` for a new one, `note` when its
+    note changed."""
+    if created is not None:
+        # A new execution has no record yet: its shard is not read (a sweep of 1,000 would
+        # read them all).
+        old = catalog.journal().get(eid)
+        if note is None:  # its note came before its commit (a fetch of notes alone)
+            note = notes.read(repo, notes_tree, created[1])
+        new: Record = [*created, False, note]
+    else:
+        old = catalog.record(eid)
+        if old is None:
+            return  # a folder no creation commit names (copied by hand): not an execution
+        new = list(old)
+        if note is not None:
+            new[6] = note
+    new[5] = excs is not None and f"{eid[:2]}/{eid}" in excs
+    catalog.put(eid, new, old)
 
 
 def _walk(repo: pygit2.Repository, catalog: Catalog, tip: pygit2.Commit | None) -> Created:
     """The executions created by the commits the cache has not seen, oldest first."""
     created: Created = {}
-    if tip is None or tip.id == (catalog.head and pygit2.Oid(hex=catalog.head)):
+    if tip is None or str(tip.id) == catalog.head:
         return created
     walker = repo.walk(tip.id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE)
     if catalog.head is not None:
@@ -75,28 +97,49 @@ def _walk(repo: pygit2.Repository, catalog: Catalog, tip: pygit2.Commit | None) 
                 catalog.next_order + len(created), str(commit.id),
                 trailers.get("Expegit-Commit", ""), trailers.get("Expegit-Parameters", ""),
                 trailers.get("Expegit-Profile") or None)
+    catalog.next_order += len(created)
     return created
 
 
-def _update_shard(repo: pygit2.Repository, catalog: Catalog, name: str, created: Created,
-                  texts: dict[str, str], bucket: str | None) -> None:
-    """Rewrite one shard: `texts` holds the new executions of the shard (all of them) and
-    the known ones whose note changed."""
-    shard = {eid: list(record) for eid, record in catalog.shard(name).items()}
-    for eid, text in texts.items():
-        if eid in created:
-            shard[eid] = [*created[eid], False, text]
-        elif eid in shard:
-            shard[eid][6] = text
-    present = set(_entries(repo, bucket))
-    for eid, record in shard.items():
-        record[5] = eid in present
-    catalog.put(name, shard)
+def _changed_folders(old: pygit2.Tree | None, new: pygit2.Tree | None) -> set[str]:
+    """The execution ids under `excs/` with a file that differs between two trees."""
+    changed: set[str] = set()
+    for delta in _diff(old, new):
+        for path in (delta.old_file.path, delta.new_file.path):
+            parts = path.split("/")
+            if len(parts) >= 2:
+                changed.add(parts[1].lower())
+    return changed
+
+
+def _changed_notes(repo: pygit2.Repository, old: pygit2.Tree | None,
+                   new: pygit2.Tree | None) -> dict[str, str]:
+    """The notes whose text differs between two notes trees, keyed by the annotated
+    commit (whatever the fan-out: git moves notes when it changes it); '' when removed."""
+    before: dict[str, pygit2.Oid] = {}
+    after: dict[str, pygit2.Oid] = {}
+    for delta in _diff(old, new):
+        if delta.status != pygit2.enums.DeltaStatus.ADDED:
+            before[delta.old_file.path.replace("/", "")] = delta.old_file.id
+        if delta.status != pygit2.enums.DeltaStatus.DELETED:
+            after[delta.new_file.path.replace("/", "")] = delta.new_file.id
+    return {annotated: "" if annotated not in after else notes.text(repo, after[annotated])
+            for annotated in before.keys() | after.keys()
+            if len(annotated) == 40 and before.get(annotated) != after.get(annotated)}
+
+
+def _diff(old: pygit2.Tree | None, new: pygit2.Tree | None) -> list[pygit2.DiffDelta]:
+    """What changed from `old` to `new` (None: the empty tree), file by file."""
+    if old is not None and new is not None:
+        return list(old.diff_to_tree(new).deltas)
+    if new is not None:
+        return list(new.diff_to_tree(swap=True).deltas)
+    return [] if old is None else list(old.diff_to_tree().deltas)
 
 
 def _creator(repo: pygit2.Repository, creation: str) -> str | None:
     """The execution a note belongs to: the one its annotated commit created."""
-    commit = repo.get(creation) if len(creation) == 40 else None
+    commit = repo.get(creation)
     if not isinstance(commit, pygit2.Commit):
         return None
     trailers = {k: v.strip() for k, v in commit.message_trailers.items()}
@@ -104,52 +147,27 @@ def _creator(repo: pygit2.Repository, creation: str) -> str | None:
     return execution.lower() if execution and "Expegit-Status" not in trailers else None
 
 
-def _changed_notes(repo: pygit2.Repository, old: dict[str, str], new: dict[str, str]
-                   ) -> dict[str, str]:
-    """The notes whose text changed between two notes roots (name -> entry id), keyed by
-    the annotated commit; a removed note has the text ''."""
-    before: dict[str, pygit2.Oid] = {}
-    after: dict[str, pygit2.Oid] = {}
-    for name in old.keys() | new.keys():
-        if old.get(name) != new.get(name):
-            # Gathered over every changed entry first: git moves a note between a bucket and
-            # the root when it changes its fan-out.
-            before.update(_blobs(repo, old.get(name), name))
-            after.update(_blobs(repo, new.get(name), name))
-    return {annotated: "" if after.get(annotated) is None else notes.text(repo, after[annotated])
-            for annotated in before.keys() | after.keys()
-            if before.get(annotated) != after.get(annotated)}
+def _known(repo: pygit2.Repository, commit: str | None) -> bool:
+    return commit is None or pygit2.Oid(hex=commit) in repo
 
 
-def _blobs(repo: pygit2.Repository, oid: str | None, path: str) -> dict[str, pygit2.Oid]:
-    """The notes under one root entry of a notes tree (a bucket, git's deeper fan-out, or
-    a note git wrote without fan-out), annotated hex id -> blob id. An object this
-    repository no longer has reads as no notes: they are all read as new."""
-    obj = None if oid is None else repo.get(oid)
-    if isinstance(obj, pygit2.Blob):
-        return {path: obj.id} if len(path) == 40 else {}
-    found: dict[str, pygit2.Oid] = {}
-    if isinstance(obj, pygit2.Tree):
-        for entry in obj:
-            found.update(_blobs(repo, str(entry.id), path + (entry.name or "")))
-    return found
-
-
-def _ancestor(repo: pygit2.Repository, old: str, tip: pygit2.Commit) -> bool:
+def _ancestor(repo: pygit2.Repository, old: str | None, tip: pygit2.Commit | None) -> bool:
+    if old is None or tip is None:
+        return old is None
     oid = pygit2.Oid(hex=old)
     return oid in repo and (oid == tip.id or repo.descendant_of(tip.id, oid))
 
 
-def _subtree(repo: pygit2.Repository, tip: pygit2.Commit | None, name: str) -> str | None:
-    if tip is None or name not in tip.tree:
+def _tree(repo: pygit2.Repository, commit: str | None, name: str | None = None
+          ) -> pygit2.Tree | None:
+    """A commit's tree, or its subtree `name`; None when there is none."""
+    obj = None if commit is None else repo.get(commit)
+    if not isinstance(obj, pygit2.Commit):
         return None
-    entry = tip.tree[name]
-    return str(entry.id) if entry.filemode == _TREE else None
-
-
-def _entries(repo: pygit2.Repository, oid: str | pygit2.Oid | None) -> dict[str, str]:
-    """A tree's entries, name -> object id ({} for no tree)."""
-    tree = None if oid is None else repo.get(oid)
-    if not isinstance(tree, pygit2.Tree):
-        return {}
-    return {e.name: str(e.id) for e in tree if e.name is not None}
+    tree = obj.tree
+    if name is None:
+        return tree
+    if name not in tree:
+        return None
+    sub = repo[tree[name].id]
+    return sub if isinstance(sub, pygit2.Tree) else None

@@ -196,7 +196,8 @@ def _write_pack(folder: Path, entries: list[tuple[bytes, bytes]]) -> None:
         try:
             _atomic_write(folder / f"{name}.idx", index)
         except OSError:
-            (folder / f"{name}.pack").unlink(missing_ok=True)  # no pack without its index
+            if not (folder / f"{name}.idx").exists():  # the same pack, written before
+                (folder / f"{name}.pack").unlink(missing_ok=True)  # no pack without index
             raise
     except OSError as e:
         raise ExpegitError(f"writing the new objects into {folder} failed: {e.strerror or e} "

@@ -79,37 +79,51 @@ def test_list_json_gives_each_folder_and_a_terminal_gets_a_header(campaign: Path
 
 # --- the cache's cost and its safety (issue 7, §6 and §3) ----------------------------------
 
-def test_status_reads_the_index_alone_and_a_damaged_shard_is_rebuilt(campaign: Path) -> None:
+def test_status_reads_the_index_alone_and_a_damaged_cache_is_rebuilt(campaign: Path) -> None:
     _sweep(campaign, 300)
     status, listing = (expegit("status", cwd=campaign).stdout,
                        expegit("list", cwd=campaign).stdout)
-    shards = _shards(campaign)
-    assert len(shards) > 100  # 300 executions spread over the 256 shards
-    for name in shards:
-        (_cache(campaign) / name).write_text("{damaged")
-    assert expegit("status", cwd=campaign).stdout == status  # never opened a shard
+    files = [p for p in _cache(campaign).glob("*.json") if p.name != "index.json"]
+    assert files  # the executions' records
+    for path in files:
+        path.write_text("{damaged")
+    assert expegit("status", cwd=campaign).stdout == status  # opened the index alone
     assert status.endswith("total     300\n")
     assert expegit("list", cwd=campaign).stdout == listing  # found them damaged: rebuilt
-    assert all(b"damaged" not in content for _, content in _shards(campaign).values())
+    assert all(p.read_text() != "{damaged" for p in _cache(campaign).glob("*.json")
+               if _listed(campaign, p))
 
 
-def test_a_change_rewrites_only_the_shards_it_touches(campaign: Path) -> None:
-    _sweep(campaign, 300)
+def _listed(campaign: Path, path: Path) -> bool:
+    index = json.loads((_cache(campaign) / "index.json").read_text())
+    return path.stem in index["shards"]
+
+
+def _journal(campaign: Path) -> dict[str, list[object]]:
+    data = json.loads((_cache(campaign) / "journal.json").read_text())
+    return data["executions"]  # type: ignore[no-any-return]
+
+
+def test_a_change_rewrites_what_it_changed_not_the_campaign(campaign: Path) -> None:
+    _sweep(campaign, catalog.JOURNAL_MAX + 100)  # past the journal: merged into shards
     expegit("status", cwd=campaign)
     before = _shards(campaign)
+    assert len(before) == 256 and _journal(campaign) == {}
     new = Path(expegit("exec", "new", "--", "--one", cwd=campaign).stdout.strip()).name
-    (campaign / campaigns.folder(ExecutionId(new)) / "data" / "r.txt").write_text("1")
-    expegit("finish", "--exit-code", "0", cwd=campaign / campaigns.folder(
-        ExecutionId(new)))
+    folder = campaign / campaigns.folder(ExecutionId(new))
+    (folder / "data" / "r.txt").write_text("1")
+    expegit("finish", "--exit-code", "0", cwd=folder)
     status = expegit("status", cwd=campaign).stdout
-    assert "finished  1" in status and status.endswith("total     301\n")
-    after = _shards(campaign)
-    rewritten = {name for name in after if after[name] != before.get(name)}
-    assert rewritten == {f"{new[:2]}.json"}
+    assert "finished  1" in status
+    assert _shards(campaign) == before and list(_journal(campaign)) == [new]
+    swept = _sweep(campaign, 300)  # a sweep's first status writes its 300, not the rest
+    assert expegit("status", cwd=campaign).stdout.endswith(
+        f"total     {catalog.JOURNAL_MAX + 401}\n")
+    assert _shards(campaign) == before and set(_journal(campaign)) == {new, *swept}
 
 
 def test_resolving_an_id_reads_its_shard_only(campaign: Path) -> None:
-    ids = _sweep(campaign, 50)
+    ids = _sweep(campaign, catalog.JOURNAL_MAX + 100)
     expegit("status", cwd=campaign)
     target = ids[7]
     for path in _cache(campaign).glob("??.json"):
@@ -119,20 +133,19 @@ def test_resolving_an_id_reads_its_shard_only(campaign: Path) -> None:
     assert f"execution   {target}" in shown and "--i=7" in shown
     assert expegit("exec", "params", target[:6], cwd=campaign).stdout == "--i=7\n"
     damaged = [p for p in _cache(campaign).glob("??.json") if p.read_text() == "{damaged"]
-    assert len(damaged) == len(list(_cache(campaign).glob("??.json"))) - 1  # not rebuilt
+    assert len(damaged) == 255  # neither read nor rebuilt
 
 
 def test_a_writer_killed_halfway_leaves_a_cache_that_is_rebuilt(campaign: Path) -> None:
     ids = _sweep(campaign, 20)
     expegit("status", cwd=campaign)
-    # What a writer killed between its shards and its index leaves: the index marked, and a
-    # shard that says something the refs do not (here: one execution finished).
+    # What a writer killed between its records and its index leaves: the index marked, and
+    # records that say something the refs do not (here: one execution finished).
     index = json.loads((_cache(campaign) / "index.json").read_text())
     (_cache(campaign) / "index.json").write_text(json.dumps({**index, "writing": True}))
-    shard = _cache(campaign) / f"{ids[0][:2]}.json"
-    data = json.loads(shard.read_text())
-    data["executions"][ids[0]][6] += "2099-01-01T00:00:00.000000Z finished exit=0\n"
-    shard.write_text(json.dumps(data))
+    journal = json.loads((_cache(campaign) / "journal.json").read_text())
+    journal["executions"][ids[0]][6] += "2099-01-01T00:00:00.000000Z finished exit=0\n"
+    (_cache(campaign) / "journal.json").write_text(json.dumps(journal))
     status = expegit("status", cwd=campaign).stdout
     assert status.startswith("created   20\n") and "finished  0" in status
     assert "finished" not in expegit("list", cwd=campaign).stdout
@@ -144,7 +157,9 @@ def test_a_writer_killed_halfway_leaves_a_cache_that_is_rebuilt(campaign: Path) 
                             "counts": [1, 2]}),
     ("catalog/index.json", {"version": catalog.CACHE_VERSION, "generation": 1,
                             "writing": False, "head": None, "notes": None, "next": 0,
-                            "excs": {}, "notes_root": {}, "counts": {"ab": {"created": "1"}}}),
+                            "shards": ["../x"], "counts": {"ab": {"created": "1"}}}),
+    ("catalog/journal.json", {"version": catalog.CACHE_VERSION, "generation": 1,
+                              "executions": {"ab": [1, 2, 3]}}),
 ])
 def test_a_cache_with_the_wrong_types_is_no_cache(campaign: Path,
                                                   damage: tuple[str, object]) -> None:
