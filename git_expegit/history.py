@@ -50,16 +50,17 @@ def update(repo: pygit2.Repository, catalog: Catalog) -> None:
             changed_notes[execution] = text
             touched.add(execution)
     notes_tree = None if notes_tip is None else notes_tip.tree
+    present = _Folders(repo, excs)
     for eid in sorted(touched, key=lambda e: created[e][0] if e in created else -1):
         _update_one(repo, catalog, eid, created.get(eid), changed_notes.get(eid), notes_tree,
-                    excs)
+                    present)
     catalog.compact()
     catalog.head, catalog.notes, catalog.changed = head, notes_id, True
 
 
 def _update_one(repo: pygit2.Repository, catalog: Catalog, eid: str,
                 created: tuple[int, str, str, str, str | None] | None, note: str | None,
-                notes_tree: pygit2.Tree | None, excs: pygit2.Tree | None) -> None:
+                notes_tree: pygit2.Tree | None, present: _Folders) -> None:
     """Bring one execution's record up to date: `created` for a new one, `note` when its
     note changed."""
     if created is not None:
@@ -76,8 +77,26 @@ def _update_one(repo: pygit2.Repository, catalog: Catalog, eid: str,
         new = list(old)
         if note is not None:
             new[6] = note
-    new[5] = excs is not None and f"{eid[:2]}/{eid}" in excs
+    new[5] = present.has(eid)
     catalog.put(eid, new, old)
+
+
+class _Folders:
+    """Which executions have their folder in `excs/`, one bucket tree read once."""
+
+    def __init__(self, repo: pygit2.Repository, excs: pygit2.Tree | None) -> None:
+        self.repo, self.excs = repo, excs
+        self.buckets: dict[str, pygit2.Tree | None] = {}
+
+    def has(self, eid: str) -> bool:
+        # A lookup by path ("ab/<id>") reads the bucket again each time: 50 us.
+        name = eid[:2]
+        if name not in self.buckets:
+            entry = self.excs[name] if self.excs is not None and name in self.excs else None
+            tree = None if entry is None else self.repo.get(entry.id)
+            self.buckets[name] = tree if isinstance(tree, pygit2.Tree) else None
+        bucket = self.buckets[name]
+        return bucket is not None and eid in bucket
 
 
 def _walk(repo: pygit2.Repository, catalog: Catalog, tip: pygit2.Commit | None) -> Created:
