@@ -294,6 +294,8 @@ class Catalog:
         counts = self.shard_counts.setdefault(eid[:2], {})
         if old is not None and old[5]:
             state = state_of(_lines(old))
+            if counts.get(state, 0) <= 0:
+                raise Invalid("counts")  # they do not match the records: read all again
             counts[state] -= 1
             if not counts[state]:
                 del counts[state]

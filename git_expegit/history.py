@@ -16,6 +16,7 @@ from git_expegit.campaign import NOTES_REF
 from git_expegit.catalog import Catalog
 from git_expegit.catalog import Record
 
+_TREE_MODE = pygit2.enums.FileMode.TREE
 # execution id -> (order of creation, creation commit, experiment commit, parameters,
 # profile)
 Created = dict[str, tuple[int, str, str, str, str | None]]
@@ -41,7 +42,7 @@ def update(repo: pygit2.Repository, catalog: Catalog) -> None:
     # those whose note changed.
     touched = set(created)
     if catalog.valid:  # else everything is read again: only created executions count
-        touched |= _changed_folders(old_excs, excs)
+        touched |= _changed_folders(repo, old_excs, excs)
     by_creation = {record[1]: eid for eid, record in created.items()}
     changed_notes: dict[str, str] = {}
     for creation, text in texts.items():
@@ -120,15 +121,11 @@ def _walk(repo: pygit2.Repository, catalog: Catalog, tip: pygit2.Commit | None) 
     return created
 
 
-def _changed_folders(old: pygit2.Tree | None, new: pygit2.Tree | None) -> set[str]:
-    """The execution ids under `excs/` with a file that differs between two trees."""
-    changed: set[str] = set()
-    for delta in _diff(old, new):
-        for path in (delta.old_file.path, delta.new_file.path):
-            parts = path.split("/")
-            if len(parts) >= 2:
-                changed.add(parts[1].lower())
-    return changed
+def _changed_folders(repo: pygit2.Repository, old: pygit2.Tree | None,
+                     new: pygit2.Tree | None) -> set[str]:
+    """The execution ids whose folder under `excs/` differs between two trees."""
+    return {path.split("/")[1].lower() for path in _changes(repo, old, new, 2)
+            if path.count("/") == 1}
 
 
 def _changed_notes(repo: pygit2.Repository, old: pygit2.Tree | None,
@@ -137,23 +134,58 @@ def _changed_notes(repo: pygit2.Repository, old: pygit2.Tree | None,
     commit (whatever the fan-out: git moves notes when it changes it); '' when removed."""
     before: dict[str, pygit2.Oid] = {}
     after: dict[str, pygit2.Oid] = {}
-    for delta in _diff(old, new):
-        if delta.status != pygit2.enums.DeltaStatus.ADDED:
-            before[delta.old_file.path.replace("/", "")] = delta.old_file.id
-        if delta.status != pygit2.enums.DeltaStatus.DELETED:
-            after[delta.new_file.path.replace("/", "")] = delta.new_file.id
+    for path, (was, now) in _changes(repo, old, new, None).items():
+        annotated = path.replace("/", "")
+        if was is not None:
+            before[annotated] = was
+        if now is not None:
+            after[annotated] = now
     return {annotated: "" if annotated not in after else notes.text(repo, after[annotated])
             for annotated in before.keys() | after.keys()
             if len(annotated) == 40 and before.get(annotated) != after.get(annotated)}
 
 
-def _diff(old: pygit2.Tree | None, new: pygit2.Tree | None) -> list[pygit2.DiffDelta]:
-    """What changed from `old` to `new` (None: the empty tree), file by file."""
-    if old is not None and new is not None:
-        return list(old.diff_to_tree(new).deltas)
-    if new is not None:
-        return list(new.diff_to_tree(swap=True).deltas)
-    return [] if old is None else list(old.diff_to_tree().deltas)
+Change = tuple[pygit2.Oid | None, pygit2.Oid | None]
+
+
+def _changes(repo: pygit2.Repository, old: pygit2.Tree | None, new: pygit2.Tree | None,
+             depth: int | None, prefix: str = "") -> dict[str, Change]:
+    """The paths whose object differs between two trees (None: the empty tree), going
+    into the subtrees that differ only, down to `depth` levels (None: to the files).
+
+    libgit2's tree diff costs the whole tree here (0.2 s at 50,000 executions); this costs
+    the buckets that changed.
+    """
+    before, after = _listing(old), _listing(new)
+    out: dict[str, Change] = {}
+    for name in before.keys() | after.keys():
+        was, now = before.get(name), after.get(name)
+        if was == now:
+            continue
+        path = prefix + name
+        if depth == 1 or not ((was and was[1]) or (now and now[1])):
+            out[path] = (was and was[0], now and now[0])
+            continue
+        out.update(_changes(repo, _subtree(repo, was), _subtree(repo, now),
+                            None if depth is None else depth - 1, path + "/"))
+        for side, entry in ((0, was), (1, now)):
+            if entry is not None and not entry[1]:  # a file on this side, a folder on the other
+                out[path] = (entry[0], None) if side == 0 else (None, entry[0])
+    return out
+
+
+def _listing(tree: pygit2.Tree | None) -> dict[str, tuple[pygit2.Oid, bool]]:
+    """A tree's entries: name -> (id, is a tree)."""
+    return {} if tree is None else {e.name: (e.id, e.filemode == _TREE_MODE)
+                                    for e in tree if e.name is not None}
+
+
+def _subtree(repo: pygit2.Repository, entry: tuple[pygit2.Oid, bool] | None
+             ) -> pygit2.Tree | None:
+    if entry is None or not entry[1]:
+        return None
+    tree = repo.get(entry[0])
+    return tree if isinstance(tree, pygit2.Tree) else None
 
 
 def _creator(repo: pygit2.Repository, creation: str) -> str | None:
