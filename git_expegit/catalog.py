@@ -328,8 +328,8 @@ class Catalog:
         return _executions(records)
 
     def executions(self) -> list[Execution]:
-        records = {eid: r for name in sorted(self.on_disk - {"journal"})
-                   for eid, r in self.shard(name).items()}
+        names = (self.on_disk - {"journal"}) | self.dirty  # on disk, or not saved yet
+        records = {eid: r for name in sorted(names) for eid, r in self.shard(name).items()}
         records.update(self.journal())
         return sorted(_executions(records), key=lambda e: records[e.id][0])  # type: ignore
 

@@ -16,7 +16,7 @@ from git_expegit.campaign import NOTES_REF
 from git_expegit.catalog import Catalog
 from git_expegit.catalog import Record
 
-_TREE_MODE = pygit2.enums.FileMode.TREE
+_TREE_TYPE = int(pygit2.enums.ObjectType.TREE)
 # execution id -> (order of creation, creation commit, experiment commit, parameters,
 # profile)
 Created = dict[str, tuple[int, str, str, str, str | None]]
@@ -30,47 +30,50 @@ def update(repo: pygit2.Repository, catalog: Catalog) -> None:
     notes_id = None if notes_tip is None else str(notes_tip.id)
     if catalog.fresh(head, notes_id):
         return
-    old_excs, old_notes = _tree(repo, catalog.head, EXECUTIONS), _tree(repo, catalog.notes)
     if not (catalog.valid and not catalog.writing and _known(repo, catalog.notes)
             and (catalog.head == head or _ancestor(repo, catalog.head, tip))):
         catalog.reset()  # history rewritten, or no usable cache: everything is read
-        old_excs = old_notes = None
-    created = _walk(repo, catalog, tip)
+    old_head, old_notes = catalog.head, catalog.notes
+    created, named = _walk(repo, catalog, tip)
     excs = _tree(repo, head, EXECUTIONS)
-    texts = _changed_notes(repo, old_notes, None if notes_tip is None else notes_tip.tree)
-    # Every execution whose record may change: the new ones, those whose folder changed and
-    # those whose note changed.
-    touched = set(created)
-    if catalog.valid:  # else everything is read again: only created executions count
-        touched |= _changed_folders(repo, old_excs, excs)
-    by_creation = {record[1]: eid for eid, record in created.items()}
-    changed_notes: dict[str, str] = {}
-    for creation, text in texts.items():
-        execution = by_creation.get(creation) or _creator(repo, creation)
-        if execution is not None:
-            changed_notes[execution] = text
-            touched.add(execution)
     notes_tree = None if notes_tip is None else notes_tip.tree
-    present = _Folders(repo, excs)
+    # Every execution whose record may change: the new ones, those whose folder changed and
+    # those whose note changed. When only expegit wrote since the cache (each commit names
+    # its execution, each notes commit is expegit's own), the commits name them all: no
+    # tree is compared.
+    touched = set(created)
+    if catalog.valid:
+        touched |= named if named is not None else _changed_folders(
+            repo, _tree(repo, old_head, EXECUTIONS), excs)
+    reread = catalog.valid and named is not None and _ours(repo, old_notes, notes_tip)
+    changed_notes: dict[str, str] = {}
+    if not reread:
+        by_creation = {record[1]: eid for eid, record in created.items()}
+        for creation, text in _changed_notes(repo, _tree(repo, old_notes), notes_tree).items():
+            execution = by_creation.get(creation) or _creator(repo, creation)
+            if execution is not None:
+                changed_notes[execution] = text
+                touched.add(execution)
+    present, notes_at = _Buckets(repo, excs), _Buckets(repo, notes_tree)
     for eid in sorted(touched, key=lambda e: created[e][0] if e in created else -1):
-        _update_one(repo, catalog, eid, created.get(eid), changed_notes.get(eid), notes_tree,
-                    present)
+        note = changed_notes.get(eid)
+        _update_one(catalog, eid, created.get(eid), note, present,
+                    reread or (eid in created and note is None), notes_at)
     catalog.compact()
     catalog.head, catalog.notes, catalog.changed = head, notes_id, True
 
 
-def _update_one(repo: pygit2.Repository, catalog: Catalog, eid: str,
+def _update_one(catalog: Catalog, eid: str,
                 created: tuple[int, str, str, str, str | None] | None, note: str | None,
-                notes_tree: pygit2.Tree | None, present: _Folders) -> None:
-    """Bring one execution's record up to date: `created` for a new one, `note` when its
-    note changed."""
+                present: _Buckets, reread: bool,
+                notes_at: _Buckets) -> None:
+    """Bring one execution's record up to date: `created` for a new one; `note` when its
+    note changed, or read again with `reread`."""
     if created is not None:
         # A new execution has no record yet: its shard is not read (a sweep of 1,000 would
         # read them all).
         old = catalog.journal().get(eid)
-        if note is None:  # its note came before its commit (a fetch of notes alone)
-            note = notes.read(repo, notes_tree, created[1])
-        new: Record = [*created, False, note]
+        new: Record = [*created, False, note or ""]
     else:
         old = catalog.record(eid)
         if old is None:
@@ -78,47 +81,84 @@ def _update_one(repo: pygit2.Repository, catalog: Catalog, eid: str,
         new = list(old)
         if note is not None:
             new[6] = note
-    new[5] = present.has(eid)
+    if reread:  # by its path in the notes tree: the note of a new execution, or any
+        new[6] = notes_at.note(str(new[1]))
+    new[5] = present.has_folder(eid)
     catalog.put(eid, new, old)
 
 
-class _Folders:
-    """Which executions have their folder in `excs/`, one bucket tree read once."""
+class _Buckets:
+    """A tree fanned out by two hex characters (`excs/`, the notes), each bucket read once:
+    a lookup by path ("ab/<id>") inflates the bucket again each time, and the buckets of
+    a large campaign are too big for libgit2's object cache (300 us a lookup)."""
 
-    def __init__(self, repo: pygit2.Repository, excs: pygit2.Tree | None) -> None:
-        self.repo, self.excs = repo, excs
+    def __init__(self, repo: pygit2.Repository, tree: pygit2.Tree | None) -> None:
+        self.repo, self.tree = repo, tree
         self.buckets: dict[str, pygit2.Tree | None] = {}
 
-    def has(self, eid: str) -> bool:
-        # A lookup by path ("ab/<id>") reads the bucket again each time: 50 us.
-        name = eid[:2]
+    def get(self, key: str) -> pygit2.Object | None:
+        """The entry `key[2:]` of the bucket `key[:2]`, or None."""
+        name = key[:2]
         if name not in self.buckets:
-            entry = self.excs[name] if self.excs is not None and name in self.excs else None
-            tree = None if entry is None else self.repo.get(entry.id)
-            self.buckets[name] = tree if isinstance(tree, pygit2.Tree) else None
+            entry = self.tree[name] if self.tree is not None and name in self.tree else None
+            bucket = None if entry is None else self.repo.get(entry.id)
+            self.buckets[name] = bucket if isinstance(bucket, pygit2.Tree) else None
         bucket = self.buckets[name]
-        return bucket is not None and eid in bucket
+        return bucket[key[2:]] if bucket is not None and key[2:] in bucket else None
+
+    def note(self, annotated: str) -> str:
+        """The note of `annotated`, where expegit puts it (2/38), else wherever git did."""
+        entry = self.get(annotated)
+        if entry is not None and entry.type != _TREE_TYPE:
+            return notes.text(self.repo, entry.id)
+        return notes.read(self.repo, self.tree, annotated)
+
+    def has_folder(self, execution: str) -> bool:
+        return self.get(execution[:2] + execution) is not None
 
 
-def _walk(repo: pygit2.Repository, catalog: Catalog, tip: pygit2.Commit | None) -> Created:
-    """The executions created by the commits the cache has not seen, oldest first."""
+def _walk(repo: pygit2.Repository, catalog: Catalog, tip: pygit2.Commit | None
+          ) -> tuple[Created, set[str] | None]:
+    """The executions created by the commits the cache has not seen, oldest first; and
+    the executions those commits name, or None when one of them names none or merges."""
     created: Created = {}
+    named: set[str] | None = set()
     if tip is None or str(tip.id) == catalog.head:
-        return created
+        return created, named
     walker = repo.walk(tip.id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE)
     if catalog.head is not None:
         walker.hide(pygit2.Oid(hex=catalog.head))
     for commit in walker:
         # libgit2 gives an empty trailer value as "\n": values are stripped.
         trailers = {k: v.strip() for k, v in commit.message_trailers.items()}
-        execution = trailers.get("Expegit-Execution")
+        execution = trailers.get("Expegit-Execution", "").lower()
+        if named is not None and execution and len(commit.parent_ids) == 1:
+            named.add(execution)
+        else:
+            named = None
         if execution and "Expegit-Status" not in trailers:  # the commit that created it
-            created[execution.lower()] = (
+            created[execution] = (
                 catalog.next_order + len(created), str(commit.id),
                 trailers.get("Expegit-Commit", ""), trailers.get("Expegit-Parameters", ""),
                 trailers.get("Expegit-Profile") or None)
     catalog.next_order += len(created)
-    return created
+    return created, named
+
+
+def _ours(repo: pygit2.Repository, old: str | None, tip: pygit2.Commit | None) -> bool:
+    """Whether every notes commit since `old` is one expegit wrote for the branch commits
+    beside it (then the notes that changed are those of the executions they name)."""
+    if old is None or tip is None:
+        return old is None and tip is None
+    oid = pygit2.Oid(hex=old)
+    if oid == tip.id:
+        return True
+    if not repo.descendant_of(tip.id, oid):
+        return False
+    walker = repo.walk(tip.id, pygit2.enums.SortMode.NONE)
+    walker.hide(oid)
+    return all(len(c.parent_ids) == 1 and c.message.startswith("Notes added by 'git expegit ")
+               for c in walker)
 
 
 def _changed_folders(repo: pygit2.Repository, old: pygit2.Tree | None,
@@ -176,7 +216,7 @@ def _changes(repo: pygit2.Repository, old: pygit2.Tree | None, new: pygit2.Tree 
 
 def _listing(tree: pygit2.Tree | None) -> dict[str, tuple[pygit2.Oid, bool]]:
     """A tree's entries: name -> (id, is a tree)."""
-    return {} if tree is None else {e.name: (e.id, e.filemode == _TREE_MODE)
+    return {} if tree is None else {e.name: (e.id, e.type == _TREE_TYPE)
                                     for e in tree if e.name is not None}
 
 
