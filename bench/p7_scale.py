@@ -190,7 +190,11 @@ def main() -> int:
     parser.add_argument("--no-settings", action="store_true",
                         help="skip the measures of git's settings for large work trees")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--settings-in", type=Path, metavar="CAMPAIGN",
+                        help="only measure git's settings, in this existing campaign")
     args = parser.parse_args()
+    if args.settings_in is not None:
+        return settings_only(args.settings_in.absolute(), args.repeat)
     small, large = args.sizes
     git_version = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout
     print(f"P7 at scale ({time.strftime('%Y-%m-%d')}, nproc {os.cpu_count()}, Python "
@@ -225,6 +229,33 @@ def main() -> int:
               f"{small}", file=sys.stderr)
         return 1
     return 0
+
+
+def settings_only(campaign: Path, repeat: int) -> int:
+    """git's settings in an existing campaign (its own git config is changed and taken
+    back): defaults first and last, to see how much the machine drifted meanwhile."""
+    sh = Shell({**os.environ})
+    n = len(sh.git("ls-files", cwd=campaign).splitlines())
+    print(f"### Plain git status and one exec new in a campaign of {n} files in the index "
+          f"(load average at start {os.getloadavg()[0]:.2f})\n")
+    print("| setting | git status s (median) | exec new s (median) |")
+    print("|---|---:|---:|")
+    try:
+        for label, git_status, new in [*defaults(sh, campaign, repeat),
+                                       *with_settings(sh, campaign, repeat),
+                                       *defaults(sh, campaign, repeat)]:
+            print(f"| {label} | {fmt(git_status)} | {fmt(new)} |", flush=True)
+    except BenchmarkFailed as error:
+        return failed(error)
+    return 0
+
+
+def defaults(sh: Shell, campaign: Path, repeat: int
+             ) -> list[tuple[str, tuple[float, list[float]], tuple[float, list[float]]]]:
+    git_status = plain_git_status(sh, campaign, repeat)
+    new = median_of(repeat, lambda i: sh.timed(["git", "expegit", "exec", "new", "--",
+                                                f"--d={i}"], campaign)[0])
+    return [("none (git's defaults)", git_status, new)]
 
 
 def report(small: int, large: int, figures: dict[int, dict[str, tuple[float, list[float]]]],
