@@ -1,9 +1,9 @@
 """Bringing the catalog's cache up to date from git objects (the catalog's slow path).
 
 Only what changed since the cache was written is read: the commits in `tip..cached tip`
-(all of them when history was rewritten), and the files that differ between the cached
-and the current `excs/` and notes trees (libgit2 compares the trees and skips the subtrees
-whose ids are equal). A finish costs a few records, whatever the size of the campaign.
+(all of them when history was rewritten), and the entries that differ between the cached
+and the current `excs/` and notes trees, compared bucket by bucket, into the buckets whose
+ids differ only. A finish costs a few records, whatever the size of the campaign.
 """
 
 from __future__ import annotations
@@ -38,42 +38,38 @@ def update(repo: pygit2.Repository, catalog: Catalog) -> None:
     excs = _tree(repo, head, EXECUTIONS)
     notes_tree = None if notes_tip is None else notes_tip.tree
     # Every execution whose record may change: the new ones, those whose folder changed and
-    # those whose note changed. When only expegit wrote since the cache (each commit names
-    # its execution, each notes commit is expegit's own), the commits name them all: no
-    # tree is compared.
+    # those whose note changed. When every new commit names its execution (only expegit
+    # wrote), they name the folders that changed: the `excs/` trees are not compared. The
+    # notes trees always are (bucket by bucket): notes may change with no commit beside.
     touched = set(created)
     if catalog.valid:
         touched |= named if named is not None else _changed_folders(
             repo, _tree(repo, old_head, EXECUTIONS), excs)
-    reread = catalog.valid and named is not None and _ours(repo, old_notes, notes_tip)
+    by_creation = {record[1]: eid for eid, record in created.items()}
     changed_notes: dict[str, str] = {}
-    if not reread:
-        by_creation = {record[1]: eid for eid, record in created.items()}
-        for creation, text in _changed_notes(repo, _tree(repo, old_notes), notes_tree).items():
-            execution = by_creation.get(creation) or _creator(repo, creation)
-            if execution is not None:
-                changed_notes[execution] = text
-                touched.add(execution)
+    for creation, text in _changed_notes(repo, _tree(repo, old_notes), notes_tree).items():
+        execution = by_creation.get(creation) or _creator(repo, creation)
+        if execution is not None:
+            changed_notes[execution] = text
+            touched.add(execution)
     present, notes_at = _Buckets(repo, excs), _Buckets(repo, notes_tree)
     for eid in sorted(touched, key=lambda e: created[e][0] if e in created else -1):
-        note = changed_notes.get(eid)
-        _update_one(catalog, eid, created.get(eid), note, present,
-                    reread or (eid in created and note is None), notes_at)
+        _update_one(catalog, eid, created.get(eid), changed_notes.get(eid), present, notes_at)
     catalog.compact()
     catalog.head, catalog.notes, catalog.changed = head, notes_id, True
 
 
 def _update_one(catalog: Catalog, eid: str,
                 created: tuple[int, str, str, str, str | None] | None, note: str | None,
-                present: _Buckets, reread: bool,
-                notes_at: _Buckets) -> None:
+                present: _Buckets, notes_at: _Buckets) -> None:
     """Bring one execution's record up to date: `created` for a new one; `note` when its
-    note changed, or read again with `reread`."""
+    note changed."""
     if created is not None:
         # A new execution has no record yet: its shard is not read (a sweep of 1,000 would
-        # read them all).
+        # read them all). Its note is read by its path when it did not change (it came
+        # before its commit: a fetch of the notes alone).
         old = catalog.journal().get(eid)
-        new: Record = [*created, False, note or ""]
+        new: Record = [*created, False, notes_at.note(created[1]) if note is None else note]
     else:
         old = catalog.record(eid)
         if old is None:
@@ -81,8 +77,6 @@ def _update_one(catalog: Catalog, eid: str,
         new = list(old)
         if note is not None:
             new[6] = note
-    if reread:  # by its path in the notes tree: the note of a new execution, or any
-        new[6] = notes_at.note(str(new[1]))
     new[5] = present.has_folder(eid)
     catalog.put(eid, new, old)
 
@@ -143,22 +137,6 @@ def _walk(repo: pygit2.Repository, catalog: Catalog, tip: pygit2.Commit | None
                 trailers.get("Expegit-Profile") or None)
     catalog.next_order += len(created)
     return created, named
-
-
-def _ours(repo: pygit2.Repository, old: str | None, tip: pygit2.Commit | None) -> bool:
-    """Whether every notes commit since `old` is one expegit wrote for the branch commits
-    beside it (then the notes that changed are those of the executions they name)."""
-    if old is None or tip is None:
-        return old is None and tip is None
-    oid = pygit2.Oid(hex=old)
-    if oid == tip.id:
-        return True
-    if not repo.descendant_of(tip.id, oid):
-        return False
-    walker = repo.walk(tip.id, pygit2.enums.SortMode.NONE)
-    walker.hide(oid)
-    return all(len(c.parent_ids) == 1 and c.message.startswith("Notes added by 'git expegit ")
-               for c in walker)
 
 
 def _changed_folders(repo: pygit2.Repository, old: pygit2.Tree | None,
