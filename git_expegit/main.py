@@ -78,6 +78,8 @@ campaign or a broken one, 4 bad input (grammar, unknown id or commit), 5 git-lfs
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -106,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         values["PARAMS"] = raw[raw.index("--") + 1:]
     args = Args(values, Path.cwd())
     try:
-        return _command(args)(args)
+        code = _command(args)(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except ExpegitError as e:
         if args.flag("--verbose") and e.detail:
             sys.stderr.write("".join(f"expegit: | {line}\n" for line in e.detail.splitlines()))
@@ -123,6 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         return fail("internal error (a bug): please report the traceback above",
                     ExitCode.INTERNAL)
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`git expegit list | head -1`): stop quietly, as
+    git does, with the status of a process killed by SIGPIPE."""
+    # What is still buffered for the closed pipe would fail again at exit: point stdout at
+    # /dev/null so that Python's final flush has somewhere to go.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 @dataclass(frozen=True)

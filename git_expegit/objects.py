@@ -10,10 +10,12 @@ before `write()`, and refs are moved after it, so a failure halfway leaves no tr
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import os
 import struct
 import tempfile
+import time
 import zlib
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -22,6 +24,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pygit2
+
+from git_expegit.errors import ExitCode
+from git_expegit.errors import ExpegitError
 
 TREE = 0o040000
 BLOB = 0o100644
@@ -185,10 +190,43 @@ def _write_pack(folder: Path, entries: list[tuple[bytes, bytes]]) -> None:
     body += checksum
     index = _index([sha for sha, _ in entries], crcs, offsets, checksum)
     name = f"pack-{checksum.hex()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    # The .idx makes a pack visible, so it is renamed into place last.
-    _atomic_write(folder / f"{name}.pack", bytes(body))
-    _atomic_write(folder / f"{name}.idx", index)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _sweep_partial(folder)
+        # The .idx makes a pack visible, so it is renamed into place last.
+        _atomic_write(folder / f"{name}.pack", bytes(body))
+        try:
+            _atomic_write(folder / f"{name}.idx", index)
+        except OSError:
+            if not (folder / f"{name}.idx").exists():  # the same pack, written before
+                (folder / f"{name}.pack").unlink(missing_ok=True)  # no pack without index
+            raise
+    except OSError as e:
+        raise ExpegitError(f"writing the new objects into {folder} failed: {e.strerror or e} "
+                           f"({_advice(e)}); nothing was changed", ExitCode.GIT) from None
+
+
+def _advice(error: OSError) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "free some space, or raise the file size limit, and retry"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "check that you can write to the repository's .git/objects"
+    return "check the disk and retry"
+
+
+PARTIAL_AGE = 3600  # seconds: older `.tmp-*` files are left by a process that was killed
+
+
+def _sweep_partial(folder: Path) -> None:
+    """Delete the partial packs that killed processes left (ours and git's own `.tmp-*`),
+    never one that a running process may still be writing."""
+    limit = time.time() - PARTIAL_AGE
+    for path in folder.glob(".tmp-*"):
+        try:
+            if path.lstat().st_mtime < limit:
+                path.unlink()
+        except OSError:
+            pass  # gone already, or not ours to delete: harmless either way
 
 
 def _delta(base: bytes, target: bytes) -> bytes:
@@ -276,7 +314,11 @@ def _index(shas: list[bytes], crcs: list[int], offsets: list[int], checksum: byt
 
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, or Ctrl-C: no partial file stays behind
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from git_expegit import campaign
 from git_expegit import catalog
@@ -15,8 +13,7 @@ from git_expegit.catalog import Execution
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
-if TYPE_CHECKING:
-    import pygit2
+HEADER = f"{'ID':<8}  {'STATE':<8}  {'COMMIT':<7}  {'PROFILE':<8}  {'EXIT':>4}  PARAMETERS"
 
 
 def params(cwd: Path, prefix: str | None) -> int:
@@ -31,7 +28,7 @@ def params(cwd: Path, prefix: str | None) -> int:
 
 
 def status(cwd: Path) -> int:
-    counts = Counter(e.state for e in catalog.executions(campaign.find(cwd)))
+    counts = catalog.counts(campaign.find(cwd))
     for state in catalog.STATES:
         print(f"{state:<9} {counts.get(state, 0)}")
     print(f"{'total':<9} {sum(counts.values())}")
@@ -40,21 +37,18 @@ def status(cwd: Path) -> int:
 
 def list_executions(cwd: Path, state: str | None, profile: str | None, grep: str | None,
                     commit: str | None, form: str) -> int:
-    if state is not None and state not in catalog.STATES:
-        raise ExpegitError(f"unknown state {state!r}: use one of {', '.join(catalog.STATES)}",
-                           ExitCode.USAGE)
     if form not in ("table", "json"):
         raise ExpegitError(f"unknown format {form!r}: use table or json", ExitCode.USAGE)
-    chosen = [e for e in catalog.executions(campaign.find(cwd))
-              if (state is None or e.state == state)
-              and (profile is None or e.profile == profile)
-              and (grep is None or grep in e.parameters)
-              and (commit is None or e.commit.startswith(commit.lower()))]
+    catalog.select([], state)  # a bad --state is refused before the catalog is read
+    chosen = catalog.select(catalog.executions(campaign.find(cwd)), state, profile, grep,
+                            commit)
     if form == "json":
         print(json.dumps([e.as_json() for e in chosen]))
-    else:
-        for e in chosen:
-            print(_row(e))
+        return 0
+    if sys.stdout.isatty():  # a header for the eyes; scripts reading a pipe get rows only
+        print(HEADER)
+    for e in chosen:
+        print(_row(e))
     return 0
 
 
@@ -68,37 +62,10 @@ def show(cwd: Path, prefix: str | None) -> int:
     e = catalog.resolve(found, prefix, cwd)
     print(f"execution   {e.id}\nstate       {e.state}\ncommit      {e.commit}\n"
           f"parameters  {e.parameters}\nprofile     {e.profile or '-'}\n"
-          f"folder      {campaign.folder(e.id)}\n\nlife:")
+          f"folder      {e.folder}\n\nlife:")
     print("\n".join(f"  {line}" for line in e.log))
     print("\nfiles:")
-    for path, size in _files(found, campaign.folder(e.id)):
-        print(f"  {size:>10}  {path}")
+    for f in catalog.files(found, e.id):
+        size = f"{f.size} (lfs)" if f.lfs else str(f.size)
+        print(f"  {size:>10}  {f.path}")
     return 0
-
-
-def _files(found: campaign.Campaign, folder: str) -> list[tuple[str, str]]:
-    """The files git holds for the execution; LFS files with their real size."""
-    import pygit2  # show reads trees; the other reading commands do without it
-
-    head = found.head()
-    out: list[tuple[str, str]] = []
-
-    def walk(tree: pygit2.Tree, prefix: str) -> None:
-        for entry in tree:
-            path, obj = prefix + (entry.name or ""), found.repo[entry.id]
-            if isinstance(obj, pygit2.Tree):
-                walk(obj, path + "/")
-            elif isinstance(obj, pygit2.Blob):
-                out.append((path, _size(obj.data)))
-
-    if head is not None:
-        walk(found.repo[head.tree[folder].id].peel(pygit2.Tree), "")
-    return out
-
-
-def _size(data: bytes) -> str:
-    if data.startswith(b"version https://git-lfs"):
-        for line in data.decode(errors="replace").splitlines():
-            if line.startswith("size "):
-                return f"{line[5:]} (lfs)"
-    return str(len(data))
