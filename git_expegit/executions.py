@@ -125,10 +125,11 @@ def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> F
     git.require_lfs(campaign.root, campaign.repo)
     with transaction.begin(campaign) as tx:
         _refuse_done(tx, execution)  # under the lock: another finish may have won
-        _refuse_tracked_changes(campaign, path)
         _refuse_repositories(campaign.root, path)
         outside = _created_outside(campaign, execution)
-        tx.set_folder(execution.id, _add_results(tx, path))
+        results = _add_results(tx, path)
+        _refuse_tracked_changes(tx, path, results)
+        tx.set_folder(execution.id, results)
         status = record.State.FINISHED if exit_code in (0, None) else record.State.FAILED
         tx.commit(record.message(f"Finish execution {execution.id[:8]}", {
             Trailer.EXECUTION: execution.id, Trailer.STATUS: status,
@@ -162,13 +163,27 @@ def _refuse_done(tx: transaction.Transaction, execution: Execution) -> None:
                            "expegit exec reset to run it again", ExitCode.INPUT)
 
 
-def _refuse_tracked_changes(campaign: Campaign, path: str) -> None:
-    changed = git.run(["status", "--porcelain", "--untracked-files=no", "--", path],
-                      campaign.root).splitlines()
-    if changed:
-        raise ExpegitError(f"{path} has changes to files git tracks ({changed[0][3:]}): "
-                           f"commit or restore them (git restore --staged --worktree {path})",
-                           ExitCode.DIRTY)
+def _refuse_tracked_changes(tx: transaction.Transaction, path: str,
+                            results: pygit2.Oid) -> None:
+    """The folder's own files (.gitignore, data/lfs/.gitattributes) must be as committed:
+    finish commits results, not a changed ignore rule or a lost LFS rule. Compared here,
+    in the trees, rather than with `git status`, which reads the whole index again."""
+    repo = tx.campaign.repo
+    before, after = tx.head.tree[path], repo[results]
+    assert isinstance(before, pygit2.Tree) and isinstance(after, pygit2.Tree)
+    for name in (".gitignore", "data/lfs/.gitattributes"):
+        old = before[name].id if name in before else None
+        new = after[name].id if name in after else None
+        # .gitignore is not among what finish adds: its copy in the work tree counts.
+        if name == ".gitignore" and new is not None:
+            try:
+                new = pygit2.hash((tx.campaign.root / path / name).read_bytes())
+            except FileNotFoundError:
+                new = None
+        if old != new:
+            raise ExpegitError(f"{path} has changes to files git tracks ({name}): commit or "
+                               f"restore them (git restore --staged --worktree {path})",
+                               ExitCode.DIRTY)
 
 
 def _refuse_repositories(root: Path, path: str) -> None:
