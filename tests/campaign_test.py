@@ -28,6 +28,7 @@ def test_init_makes_the_seed_layout_and_pushes_to_a_new_bare_remote(tmp_path: Pa
     assert pinned[:2] == ["160000", "commit"]
     assert pinned[2] == git("rev-parse", "main", cwd=experiment).strip()
     assert git("config", "notes.rewriteRef", cwd=root).strip() == "refs/notes/expegit"
+    assert git("config", "feature.manyFiles", cwd=root).strip() == "true"
     assert git("rev-parse", "main", cwd=tmp_path / "c.git") == git("rev-parse", "HEAD", cwd=root)
     assert git("status", "--porcelain", cwd=root) == ""
 
