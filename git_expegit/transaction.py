@@ -220,8 +220,14 @@ def publish(campaign: Campaign, moves: Moves, message: str, trees: tuple[str, st
         _update_index(campaign, index, changes.index_info)
         git.update_refs(campaign.root, moves, f"expegit: {message}")
     except BaseException:
-        _discard(campaign)  # before the commit point: as if nothing happened
-        raise
+        # A Ctrl-C may land while git update-ref has already moved the refs: then the
+        # change is committed, and is completed before the interruption goes on.
+        moved = _moved(campaign, moves)
+        if moved is False:
+            _discard(campaign)  # before the commit point: as if nothing happened
+        elif moved:
+            _complete(campaign, index or _fresh_private_index(campaign), changes, worktree)
+        raise  # (half moved: the journal and the lock stay, for the next command)
     _complete(campaign, index, changes, worktree)
 
 
@@ -248,39 +254,52 @@ def recover(campaign: Campaign) -> bool:
     journal = _journal(campaign)
     try:
         data = json.loads(journal.read_text())
+        moves = {str(ref): (old, new) for ref, (old, new) in data["moves"].items()}
+        old, new = (str(tree) for tree in data["trees"])
+        worktree = bool(data["worktree"])
     except FileNotFoundError:
         _discard(campaign)  # leftovers of a process that died before its journal
         return False
-    except (OSError, ValueError):
-        data = None
-    if not isinstance(data, dict) or not _moved(campaign, data["moves"]):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        _discard(campaign)  # a journal cut short: written before any ref moved
+        return True
+    moved = _moved(campaign, moves)
+    if moved is None:  # the ref transaction was cut between two refs: finish it
+        git.update_refs(campaign.root, {ref: move for ref, move in moves.items()
+                                        if _at(campaign, ref) == move[0]},
+                        "expegit: complete an interrupted publish")
+    elif not moved:
         _discard(campaign)
         return True
-    old, new = data["trees"]
     changes = _changes(campaign.repo, old, new, ())
     index = _fresh_private_index(campaign)
     _update_index(campaign, index, changes.index_info)
-    _complete(campaign, index, changes, bool(data["worktree"]))
+    _complete(campaign, index, changes, worktree)
     return True
 
 
 def recover_if_interrupted(campaign: Campaign) -> None:
     """For the commands that only read: complete a dead process's publish if there is
     one and nobody is writing now (a live writer will complete its own)."""
-    if _journal(campaign).exists():
-        with campaign.locked(wait=False) as held:
-            if held:
-                recover(campaign)
+    with campaign.locked(wait=False) as held:
+        if held:
+            recover(campaign)
 
 
-def _moved(campaign: Campaign, moves: Mapping[str, list[str | None]]) -> bool:
-    """Whether the journal's refs are at their new values (the publish got committed)."""
-    repo = campaign.repo
-    for name, (_, new) in moves.items():
-        ref = repo.references.get(name)
-        if (None if ref is None else str(ref.target)) != new:
-            return False
-    return True
+def _moved(campaign: Campaign, moves: Moves) -> bool | None:
+    """Whether the refs are at their new values (True: the publish got committed), at
+    their old ones (False), or some at each (None: git moves refs one at a time, and a
+    process killed in between leaves both)."""
+    at = {ref: _at(campaign, ref) for ref in moves}
+    if any(at[ref] not in (old, new) for ref, (old, new) in moves.items()):
+        return False  # someone else moved a ref since: nothing of ours to complete
+    done = {at[ref] == new for ref, (_, new) in moves.items()}
+    return None if len(done) > 1 else done != {False}
+
+
+def _at(campaign: Campaign, ref: str) -> str | None:
+    found = campaign.repo.references.get(ref)
+    return None if found is None else str(found.target)
 
 
 def _changes(repo: pygit2.Repository, old: str, new: str, staged: Collection[str],

@@ -8,6 +8,7 @@ change whole or not at all.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -152,3 +153,29 @@ def test_a_full_disk_changes_nothing_and_says_so(tmp_path: Path, experiment: Pat
     assert snapshot(campaign) == before
     assert not (campaign / ".git" / "index.lock").exists()
     expegit("exec", "new", cwd=campaign)  # and the campaign still works
+
+
+def test_an_interrupt_just_after_the_refs_moved_completes_the_change(tmp_path: Path,
+                                                                    campaign: Path) -> None:
+    # A git that lingers after moving the refs: Ctrl-C then lands past the commit point.
+    # (git-expegit is run directly: `git expegit` would put git's own folder first on PATH.)
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    moved = tmp_path / "moved"
+    (bin_ / "git").write_text(f'#!/bin/sh\n"{shutil.which("git")}" "$@"; code=$?\n'
+                              f'case "$*" in *update-ref*) touch "{moved}"; sleep 5;; esac\n'
+                              'exit $code\n')
+    (bin_ / "git").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["git-expegit", "exec", "new", "--sweep", "--x=range(10)"],
+                            cwd=campaign, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not moved.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _signal(proc, signal.SIGINT)
+    assert proc.returncode == 130
+    # Whole at once, before any other command: index and work tree follow the refs.
+    assert not (campaign / ".git" / "index.lock").exists()
+    assert git("status", "--porcelain", cwd=campaign) == ""
+    assert _count(campaign) == 10
