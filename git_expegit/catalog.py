@@ -46,8 +46,8 @@ from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
 # Bump when what is cached changes meaning (the fields, or how a state is derived: the
-# counts in the index are derived states). 5: states follow the events' causal order.
-CACHE_VERSION = 5
+# counts in the index are derived states). 6: states follow the events' causal order.
+CACHE_VERSION = 6
 STATES = record.STATES
 _HEX = frozenset("0123456789abcdef")
 T = TypeVar("T")

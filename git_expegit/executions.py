@@ -181,8 +181,8 @@ def _refuse_tracked_changes(tx: transaction.Transaction, path: str,
             except FileNotFoundError:
                 new = None
         if old != new:
-            raise ExpegitError(f"{path} has changes to files git tracks ({name}): commit or "
-                               f"restore them (git restore --staged --worktree {path})",
+            raise ExpegitError(f"{path} has changes to files git tracks ({name}): restore "
+                               f"it (git restore --staged --worktree {path}/{name})",
                                ExitCode.DIRTY)
 
 
@@ -191,7 +191,8 @@ def _refuse_repositories(root: Path, path: str) -> None:
     no remote has: its files would never leave this machine."""
     data = root / path / "data"
     for folder_, folders, files in os.walk(data):
-        if ".git" in folders or ".git" in files:
+        # Any case: git refuses .GIT too, where file systems may fold case.
+        if any(name.lower() == ".git" for name in [*folders, *files]):
             inner = os.path.relpath(folder_, root)
             raise ExpegitError(f"{inner} is a git repository (it holds a .git), which git "
                                f"would not store: remove {inner}/.git or move it out of "

@@ -127,9 +127,9 @@ def new_event(kind: str, seen: Iterable[Event], clone: str, **fields: object) ->
 
 
 def events(log: Iterable[str]) -> list[Event]:
-    """A note's events in causal order: by step, then writer, then time. A line without a
-    step (written by hand, or by an older version) takes its place by its time: after
-    every event stamped before it."""
+    """A note's events in causal order: by step, then kind, then writer, then time. A line
+    without a step (written by hand, or by an older version) takes its place by its time:
+    after every event stamped before it."""
     parsed = sorted((e for e in map(Event.parse, log) if e is not None),
                     key=lambda e: e.stamp)
     keys, step = [], 0
@@ -137,9 +137,15 @@ def events(log: Iterable[str]) -> list[Event]:
         step = max(step, event.seq)
         # (step, 0, ...) for events that carry one; (step, 1, ...) puts a line without one
         # after the events of the step it follows.
-        keys.append(((event.seq, 0, event.clone, event.stamp) if event.seq
-                     else (step, 1, "", event.stamp), event))
+        rank = _RANK.get(event.kind, 1)
+        keys.append(((event.seq, 0, rank, event.clone, event.stamp) if event.seq
+                     else (step, 1, rank, "", event.stamp), event))
     return [event for _, event in sorted(keys, key=lambda pair: pair[0])]
+
+
+# Two clones that wrote at the same step did so concurrently: the one that says more about
+# the results wins, as sync's merge keeps the folder a finish changed over a reset's.
+_RANK = {"created": 0, "reset": 0, "queued": 2, "running": 3, "finished": 4, "failed": 4}
 
 
 def state(log: Iterable[str]) -> State:
@@ -151,11 +157,14 @@ def state(log: Iterable[str]) -> State:
 
 
 def latest(log: Iterable[str], name: str) -> str | None:
-    """The latest value of field `name` in causal order (host, job, exit, duration...)."""
+    """The latest value of field `name` in causal order (host, job, exit, duration...),
+    since the execution was last made new (a reset forgets the exit code of before)."""
     for event in reversed(events(log)):
         value = event.field(name)
         if value is not None:
             return value
+        if event.kind in ("created", "reset"):
+            return None
     return None
 
 

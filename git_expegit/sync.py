@@ -185,13 +185,17 @@ def _merge_commits(store: ObjectStore, repo: pygit2.Repository, ours: pygit2.Oid
         if index.conflicts is not None:
             name = next(e.path for entries in index.conflicts for e in entries if e is not None)
             raise ExpegitError(f"sync: this clone and {REMOTE} both changed {name}; merge it "
-                               f"by hand (git merge {REMOTE}/<branch>), then run git expegit "
-                               "sync", ExitCode.REMOTE)
+                               f"by hand (git merge {REMOTE}/{_branch_name(repo)}), then run "
+                               "git expegit sync", ExitCode.REMOTE)
     tree = index.write_tree(repo)
     for path, side in sorted(whole.items()):
         tree = _put(store, tree, path.split("/"), repo[side].peel(pygit2.Tree)[path].id)
         kept.append(path)
     return store.commit(tree, [ours, theirs], f"Merge executions from {REMOTE}\n", ident), tree
+
+
+def _branch_name(repo: pygit2.Repository) -> str:
+    return "<branch>" if repo.head_is_detached else repo.head.shorthand
 
 
 def _folder_of(path: str) -> str:

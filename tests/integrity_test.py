@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -169,4 +170,31 @@ def test_update_expe_without_the_experiment_says_so(campaign: Path, empty: bool)
     assert (result.returncode, result.stderr) == (
         3, "expegit: the experiment submodule xprp/ is missing: run git submodule update "
            "--init\n")
+    assert snapshot(campaign) == before
+
+
+def test_a_reset_forgets_the_exit_code_and_ties_keep_the_results(campaign: Path) -> None:
+    from git_expegit import record
+
+    folder = _new(campaign)
+    expegit("finish", "--exit-code", "7", folder.name, cwd=campaign)
+    expegit("exec", "reset", folder.name, cwd=campaign)
+    [row] = json.loads(expegit("list", "--format=json", cwd=campaign).stdout)
+    assert (row["state"], row["exit_code"]) == ("created", None)
+    # A reset and a finish at the same step, in two clones: sync keeps the finished folder,
+    # and the state agrees with it, whichever clone id sorts first.
+    for clones in (("a", "b"), ("b", "a")):
+        log = ["2026-01-01T00:00:00.000000Z created seq=1 clone=a",
+               f"2026-01-01T00:00:02.000000Z reset seq=2 clone={clones[0]}",
+               f"2026-01-01T00:00:01.000000Z finished exit=0 seq=2 clone={clones[1]}"]
+        assert record.state(log) == "finished"
+
+
+def test_a_git_folder_in_any_case_is_refused(campaign: Path) -> None:
+    folder = _new(campaign)
+    (folder / "data" / "y" / ".GIT").mkdir(parents=True)
+    (folder / "data" / "y" / ".GIT" / "HEAD").write_text("x\n")
+    before = snapshot(campaign)
+    result = expegit("finish", folder.name, cwd=campaign, check=False)
+    assert result.returncode == 4 and "is a git repository" in result.stderr
     assert snapshot(campaign) == before
