@@ -325,18 +325,17 @@ def update_experiment(campaign: Campaign) -> str | None:
                      root / EXPERIMENT, what="finding the experiment's default branch").strip()
     with transaction.begin(campaign) as tx:
         pinned = str(tx.head.tree[EXPERIMENT].id) if EXPERIMENT in tx.head.tree else None
-        # The submodule moves first: local changes there stop everything before a commit.
-        _check_out(root, newest)
         if pinned == newest:
+            _check_out(root, newest)
             return None
+        # Local changes there stop everything before a commit; the submodule itself moves
+        # with the publish (and with its completion, should this process die).
+        if git.run(["status", "--porcelain", "--untracked-files=no"], root / EXPERIMENT):
+            raise ExpegitError(f"{EXPERIMENT}/ has local changes: commit or stash your changes "
+                               "there first", ExitCode.DIRTY)
         tx.set_entry(EXPERIMENT, Entry(GITLINK, pygit2.Oid(hex=newest)))
         tx.commit(f"Update the experiment to {newest[:12]}\n")
-        try:
-            tx.publish("update-expe", worktree=False)
-        except ExpegitError:
-            if pinned is not None:
-                _check_out(root, pinned)
-            raise
+        tx.publish("update-expe")
     return newest
 
 

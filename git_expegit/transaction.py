@@ -198,6 +198,7 @@ class _Changes:
     write: list[str]
     delete: list[str]
     existing: list[str]  # changed paths that the old tree had: they must be clean
+    gitlinks: list[tuple[str, str]]  # submodules moved: (path, commit)
 
 
 def publish(campaign: Campaign, moves: Moves, message: str, trees: tuple[str, str],
@@ -237,6 +238,7 @@ def _complete(campaign: Campaign, index: Path, changes: _Changes, worktree: bool
         if worktree:
             _delete(campaign.root, changes.delete)
             _checkout(campaign, index, changes.write)
+            _follow(campaign, changes.gitlinks)
         os.replace(index, campaign.git_dir / "index")
     except OSError as e:
         raise ExpegitError(f"the change is committed, but updating the work tree failed "
@@ -313,7 +315,7 @@ def _changes(repo: pygit2.Repository, old: str, new: str, staged: Collection[str
         found = itertools.chain.from_iterable(
             _diff_entry(repo, path, _lookup(repo, old_root, path), _lookup(repo, new, path))
             for path in sorted(paths))
-    info, write, delete, existing = [], [], [], []
+    info, write, delete, existing, gitlinks = [], [], [], [], []
     for path, before, after in found:
         inside_staged = any(path.startswith(folder + "/") for folder in staged)
         if after is None:
@@ -323,11 +325,13 @@ def _changes(repo: pygit2.Repository, old: str, new: str, staged: Collection[str
             info.append(f"{after[0]:o} {after[1]}\t{path}")
             if after[0] != GITLINK:
                 write.append(path)
+            else:
+                gitlinks.append((path, after[1]))
         if inside_staged:
             info.pop()
         elif before is not None and before[0] != GITLINK:
             existing.append(path)
-    return _Changes(info, write, delete, existing)
+    return _Changes(info, write, delete, existing, gitlinks)
 
 
 _File = tuple[int, str]  # mode, object id
@@ -497,6 +501,24 @@ def _checkout(campaign: Campaign, index: Path, paths: list[str]) -> None:
 
 _NO_FILTERS = ("-c", "filter.lfs.process=", "-c", "filter.lfs.smudge=", "-c",
                "filter.lfs.clean=", "-c", "filter.lfs.required=false")
+
+
+def _follow(campaign: Campaign, gitlinks: list[tuple[str, str]]) -> None:
+    """Check submodules out at their new commits (the experiment, after update-expe or a
+    sync that brought one), fetching the commit when it is not there yet."""
+    for path, commit in gitlinks:
+        folder = campaign.root / path
+        if not (folder / ".git").exists():
+            continue  # never initialised here: nothing to move
+        checkout = ["checkout", "--quiet", "--detach", commit]
+        try:
+            git.run(checkout, folder)
+        except ExpegitError:
+            git.run([*git.FILE_PROTOCOL, "fetch", "--quiet", "origin"], folder,
+                    code=ExitCode.REMOTE, what=f"fetching {path}/")
+            git.run(checkout, folder, code=ExitCode.DIRTY,
+                    what=f"checking out {commit[:12]} in {path}/ (commit or stash your "
+                         "changes there first)")
 
 
 def _discard(campaign: Campaign) -> None:

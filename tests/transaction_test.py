@@ -155,27 +155,56 @@ def test_a_full_disk_changes_nothing_and_says_so(tmp_path: Path, experiment: Pat
     expegit("exec", "new", cwd=campaign)  # and the campaign still works
 
 
-def test_an_interrupt_just_after_the_refs_moved_completes_the_change(tmp_path: Path,
-                                                                    campaign: Path) -> None:
-    # A git that lingers after moving the refs: Ctrl-C then lands past the commit point.
-    # (git-expegit is run directly: `git expegit` would put git's own folder first on PATH.)
+def _lingering_git(tmp_path: Path, before: bool = False) -> tuple[dict[str, str], Path]:
+    """A git that lingers after (or before) moving refs, and the file it touches then: a
+    signal sent once it appears lands past (or before) the commit point. (Run git-expegit
+    directly: `git expegit` would put git's own folder first on PATH.)"""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     moved = tmp_path / "moved"
-    (bin_ / "git").write_text(f'#!/bin/sh\n"{shutil.which("git")}" "$@"; code=$?\n'
-                              f'case "$*" in *update-ref*) touch "{moved}"; sleep 5;; esac\n'
-                              'exit $code\n')
+    linger = f'case "$*" in *update-ref*) touch "{moved}"; sleep 5;; esac\n'
+    real = f'"{shutil.which("git")}" "$@"; code=$?\n'
+    (bin_ / "git").write_text("#!/bin/sh\n" + (linger + real if before else real + linger)
+                              + "exit $code\n")
     (bin_ / "git").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
-    proc = subprocess.Popen(["git-expegit", "exec", "new", "--sweep", "--x=range(10)"],
-                            cwd=campaign, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}, moved
+
+
+def _signal_after_the_move(campaign: Path, tmp_path: Path, sig: signal.Signals,
+                           *args: str, before: bool = False) -> subprocess.Popen[bytes]:
+    env, moved = _lingering_git(tmp_path, before)
+    proc = subprocess.Popen(["git-expegit", *args], cwd=campaign, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not moved.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    _signal(proc, signal.SIGINT)
+    _signal(proc, sig)
+    return proc
+
+
+def test_an_interrupt_just_after_the_refs_moved_completes_the_change(tmp_path: Path,
+                                                                    campaign: Path) -> None:
+    proc = _signal_after_the_move(campaign, tmp_path, signal.SIGINT,
+                                  "exec", "new", "--sweep", "--x=range(10)")
     assert proc.returncode == 130
     # Whole at once, before any other command: index and work tree follow the refs.
     assert not (campaign / ".git" / "index.lock").exists()
     assert git("status", "--porcelain", cwd=campaign) == ""
     assert _count(campaign) == 10
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_update_expe_killed_moves_the_experiment_with_the_pin(
+        tmp_path: Path, campaign: Path, experiment: Path, before: bool) -> None:
+    work = tmp_path / "expe"
+    pinned = git("rev-parse", "HEAD", cwd=work).strip()
+    (work / "model.py").write_text("print('v2')\n")
+    git("commit", "-q", "-am", "v2", cwd=work)
+    git("push", "-q", str(experiment), "main", cwd=work)
+    newest = pinned if before else git("rev-parse", "HEAD", cwd=work).strip()
+    _signal_after_the_move(campaign, tmp_path, signal.SIGKILL, "update-expe", before=before)
+    expegit("status", cwd=campaign)  # the next command completes it, or clears it
+    assert git("rev-parse", "HEAD:xprp", cwd=campaign).strip() == newest
+    assert git("rev-parse", "HEAD", cwd=campaign / "xprp").strip() == newest
+    assert git("status", "--porcelain", cwd=campaign) == ""
