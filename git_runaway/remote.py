@@ -42,6 +42,12 @@ STOP = "stop"  # stop the script (Ctrl-C, a closed stdout); the results still co
 GO = "go"  # the code the host missed is there now
 
 _LOCK = "exec 9>.lock && flock 9"
+# Signals that a script may send its process group (`kill -USR2 0`, `trap 'kill 0' EXIT`),
+# which is also the group of the program and its watcher: they catch them (the script, which
+# they start, gets the default handlers back) or ignore them. The stop is a SIGINT, as from
+# Ctrl-C: the script runs in the foreground, so it does not ignore SIGINT, and no shell
+# prints "Terminated" for it.
+_SIGNALS = "HUP INT QUIT TERM USR1 USR2 ALRM"
 
 
 def launcher(tag: str) -> str:
@@ -90,13 +96,11 @@ while :; do
 done
 cd {uuid} || exit 1
 {exports}{say} started
-trap 'kill -TERM -$s $s 2>/dev/null' HUP INT TERM
-exec 3<&0
-setsid /bin/sh -c {q(_script(before, execution, after))} </dev/null 3<&- 8>&- & s=$!
-{{ while read -r l <&3; do test "$l" = {STOP} && break; done; kill -TERM -$s $s
+trap : {_SIGNALS}; exec 3<&0
+{{ trap '' {_SIGNALS}; while read -r l <&3; do test "$l" = {STOP} && break; done; kill -INT 0
 }} >/dev/null 2>&1 8>&- & w=$!
-{{ while :; do wait $s; rc=$?; kill -0 $s || break; done; }} 2>/dev/null
-{say} done >&2; {{ kill $w; wait $w; }} 2>/dev/null; trap '' PIPE
+( {_script(before, execution, after)} ) </dev/null 3<&- 8>&-; rc=$?
+trap '' PIPE; {say} done >&2; {{ kill -9 $w; wait $w; }} 2>/dev/null
 {say} "exit $rc"
 {results}; t=$?
 {say} "end $t"
@@ -105,17 +109,19 @@ cd .. && if test "$a" = {CLEAN}; then rm -rf {uuid} {marker}; else rm -f {marker
 
 
 def _script(before: list[str], execution: list[str], after: list[str]) -> str:
-    """The profile's commands, run by a shell of their own in a session of their own, so
-    that a signal the script sends its process group never reaches runaway's shell.
+    """The profile's commands, for a subshell of the program.
 
     `after` runs whatever happened before it, and the exit code is the first failure of
     `before` or else `execution`'s; `export` and `cd` carry from one section to the next. An
-    EXIT trap, so that `after` also runs when a `before` command calls `exit`. Without
-    `after` and `before`, the usual case, one command alone is exec'd by the shell.
+    EXIT trap, so that `after` also runs when a `before` command calls `exit`. A command
+    alone, the usual case, is exec'd by the subshell: its end is the script's end. Otherwise
+    the subshell catches the signals the script may send its group, and lives on to run
+    `after`.
     """
+    if not before and not after and len(execution) == 1 and execution[0].strip():
+        return execution[0]
     trap = f"trap {q(_all(after))} EXIT; " if after else ""
-    alone = not before and not after and len(execution) == 1 and bool(execution[0].strip())
-    return trap + (execution[0] if alone else f"{_all(before)} && {_all(execution)}")
+    return f"trap : {_SIGNALS}; {trap}{_all(before)} && {_all(execution)}"
 
 
 def _all(commands: list[str]) -> str:
