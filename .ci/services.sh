@@ -6,7 +6,7 @@ set -euo pipefail
 SVC=${SVC:-$(mktemp -d -t expegit-svc.XXXXXX)}
 mkdir -p "$SVC"
 export DEBIAN_FRONTEND=noninteractive
-PKGS="openssh-server openssh-client git git-lfs man-db faketime"
+PKGS="openssh-server openssh-client git git-lfs man-db faketime tcsh"
 if ! dpkg -s $PKGS >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $PKGS >"$SVC/apt.log" 2>&1 || { tail -30 "$SVC/apt.log"; exit 1; }
@@ -15,6 +15,12 @@ fi
 # sshd for a dedicated user: root's ~/.bashrc (pyenv) costs ~150 ms per ssh command here.
 id expegit-test >/dev/null 2>&1 || useradd -m -s /bin/bash expegit-test
 usermod -p '*' expegit-test            # a '!'-locked account is refused when UsePAM is off
+# A user whose login shell is tcsh and whose shell startup prints, as module banners on
+# clusters do, on stdout and stderr: runaway must run under /bin/sh and set the noise aside.
+id expegit-tcsh >/dev/null 2>&1 || useradd -m -s /usr/bin/tcsh expegit-tcsh
+usermod -p '*' -s /usr/bin/tcsh expegit-tcsh
+printf 'echo "Welcome: module banner on stdout"\necho "module banner on stderr" > /dev/stderr\n' \
+  >"$(getent passwd expegit-tcsh | cut -d: -f6)/.tcshrc"
 mkdir -p /run/sshd "$SVC/ssh"
 rm -f "$SVC/ssh/host_ed25519"* "$SVC/ssh/id_ed25519"*
 ssh-keygen -q -t ed25519 -N '' -f "$SVC/ssh/host_ed25519"
@@ -49,6 +55,16 @@ Host testhost
   StrictHostKeyChecking yes
   BatchMode yes
   ConnectTimeout 5
+Host tcshhost
+  HostName 127.0.0.1
+  Port 2222
+  User expegit-tcsh
+  IdentityFile $SVC/ssh/id_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $SVC/ssh/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+  ConnectTimeout 5
 Host jumphost
   HostName 127.0.0.1
   Port 2222
@@ -67,6 +83,7 @@ ssh -F "$SVC/ssh/config" testhost 'echo "sshd ok: $(whoami)@$(hostname)"'
 cat >"$SVC/env.sh" <<EOC
 export EXPEGIT_TEST_SSH_CONFIG=$SVC/ssh/config
 export EXPEGIT_TEST_SSH_HOST=testhost
+export EXPEGIT_TEST_SSH_TCSH_HOST=tcshhost
 EOC
 cat >"$SVC/stop.sh" <<EOC
 #!/bin/bash

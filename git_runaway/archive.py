@@ -3,7 +3,7 @@
 The same content always gives the same bytes (sorted entries, fixed mtime, uid, gid and
 modes), so the archive's SHA-256 names the code on the host and unchanged code is never
 uploaded twice. Extracted files keep the fixed mtime, which is how the host tells the files a
-run created or changed from the ones it was sent (see `remote.changed_files`).
+run created or changed from the ones it was sent (see `remote._find_changed`).
 """
 
 from __future__ import annotations
@@ -16,57 +16,114 @@ import posixpath
 import shutil
 import stat
 import tarfile
+import tempfile
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 import pathspec
 
 from git_runaway.errors import ExitCode
 from git_runaway.errors import RunawayError
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 SEND_IGNORE = ".sendignore"
 FETCH_IGNORE = ".fetchignore"
+STAGING_PREFIX = ".runaway-fetch-"  # see `_stage_and_move`; never sent
+DEFAULT_SEND_IGNORE = (".git/", f"/{STAGING_PREFIX}*")  # see `pack`
 MTIME = 946684800  # 2000-01-01T00:00:00Z: no file a run writes can carry it by accident
 
 
 @dataclasses.dataclass(frozen=True)
 class Pack:
-    data: bytes
-    digest: str  # sha256 of data
+    """A folder's deterministic tar, described without being kept: memory stays bounded
+    whatever the folder's size. `chunks` writes the same bytes again, for an upload."""
+
+    folder: Path
+    digest: str  # sha256 of the tar
+    size: int  # bytes of the tar
     files: tuple[str, ...]
 
+    def chunks(self, write: Callable[[bytes], object]) -> None:
+        """Write the tar again, in chunks. If the folder changed since `pack`, the bytes
+        differ and the host refuses them (their sha256 is not `digest`)."""
+        _write_tar(self.folder, self.files, write)
 
-def ignore_spec(folder: Path, name: str) -> pathspec.GitIgnoreSpec:
-    """The gitignore rules of `folder/name`; empty when the file does not exist."""
+    @property
+    def data(self) -> bytes:
+        """The whole tar in memory (small folders and tests only)."""
+        parts: list[bytes] = []
+        self.chunks(parts.append)
+        return b"".join(parts)
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file object that hands each write to a function."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
+        chunk = bytes(data)
+        self._write(chunk)
+        return len(chunk)
+
+
+def ignore_spec(folder: Path, name: str, default: tuple[str, ...] = ()
+                ) -> pathspec.GitIgnoreSpec:
+    """The gitignore rules of `folder/name` after `default`; only `default` when the file
+    does not exist."""
     try:
         lines = (folder / name).read_text().splitlines()
     except FileNotFoundError:
         lines = []
     except (OSError, UnicodeDecodeError) as e:
         raise RunawayError(f"cannot read {folder / name}: {e}", ExitCode.SEND) from None
-    return pathspec.GitIgnoreSpec.from_lines(lines)
+    return pathspec.GitIgnoreSpec.from_lines([*default, *lines])
 
 
 def pack(folder: Path) -> Pack:
-    spec = ignore_spec(folder, SEND_IGNORE)
-    buffer = io.BytesIO()
-    names = []
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for relative in _walk(folder, spec):
-            try:
-                info = _normalised(tar.gettarinfo(folder / relative, relative))
-                names.append(relative)
-                if info.isreg():
-                    with open(folder / relative, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
-            except OSError as e:  # unreadable, or gone since the walk
-                raise RunawayError(f"cannot send {folder / relative}: {e.strerror}; make it "
-                                   f"readable or add it to {SEND_IGNORE}", ExitCode.SEND) from None
-    data = buffer.getvalue()
-    return Pack(data, hashlib.sha256(data).hexdigest(), tuple(names))
+    """Hash the folder's tar as it is written, keeping none of it. `.git` is left out unless
+    .sendignore says `!.git/`: it changes with every git command, which would defeat code
+    reuse, and it would carry the whole history to the host."""
+    names = tuple(_walk(folder, ignore_spec(folder, SEND_IGNORE, DEFAULT_SEND_IGNORE)))
+    digest = hashlib.sha256()
+    size = 0
+
+    def write(chunk: bytes) -> None:
+        nonlocal size
+        digest.update(chunk)
+        size += len(chunk)
+
+    _write_tar(folder, names, write)
+    return Pack(folder, digest.hexdigest(), size, names)
+
+
+def _write_tar(folder: Path, names: tuple[str, ...], write: Callable[[bytes], object]) -> None:
+    # Stream mode ("w|") writes whole records of 10 KiB as they fill: nothing accumulates.
+    try:
+        with tarfile.open(fileobj=_Sink(write), mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            for relative in names:
+                try:
+                    info = _normalised(tar.gettarinfo(folder / relative, relative))
+                    if info.isreg():
+                        with open(folder / relative, "rb") as f:
+                            tar.addfile(info, f)
+                    else:
+                        tar.addfile(info)
+                except OSError as e:  # unreadable, or gone since the walk
+                    raise RunawayError(f"cannot send {folder / relative}: {e.strerror}; make it "
+                                       f"readable or add it to {SEND_IGNORE}",
+                                       ExitCode.SEND) from None
+    except OSError as e:
+        raise RunawayError(f"cannot pack {folder}: {e}", ExitCode.SEND) from None
 
 
 def _walk(folder: Path, spec: pathspec.GitIgnoreSpec, prefix: str = "") -> Iterator[str]:
@@ -97,8 +154,13 @@ def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def safe_extract(data: bytes, target: Path) -> list[str]:
-    """Extract `data` into `target`; returns the regular files written.
+def safe_extract(data: bytes | Path, target: Path) -> list[str]:
+    """Extract `data` (the archive, or the file holding it) into `target`; returns the
+    regular files written. Entries under a `.git` folder are skipped: git never writes
+    them from a tree, and a host must not plant hooks or an index here.
+
+    Everything goes to a hidden staging folder in `target` first, then is moved in by
+    rename: a full disk or a kill never leaves a truncated result in place of a file.
 
     Every entry is checked before anything is written, and the whole archive is refused
     if one could reach outside `target`: absolute or `..` paths, links whose target
@@ -107,15 +169,14 @@ def safe_extract(data: bytes, target: Path) -> list[str]:
     tarfile's "data" filter is not relied on: it has been bypassed (CVE-2025-4517).
     """
     try:
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            members = tar.getmembers()
+        with _open(data) as tar:
+            members = [m for m in tar.getmembers() if not _in_git(m.name)]
             links = {posixpath.normpath(m.name): m.linkname for m in members if m.issym()}
             files = {posixpath.normpath(m.name) for m in members if m.isreg()}
             for member in members:
                 _check(member, links, files, target)
             _check_kinds(members, target)
-            for member in members:
-                _write(tar, member, target)
+            _stage_and_move(tar, members, target)
     except (tarfile.TarError, OSError) as e:
         raise RunawayError(f"refused the fetched archive: {e}; nothing outside "
                            f"{target} was written", ExitCode.FETCH) from None
@@ -124,6 +185,46 @@ def safe_extract(data: bytes, target: Path) -> list[str]:
 
 _SPECIAL = {tarfile.FIFOTYPE: "a fifo", tarfile.CHRTYPE: "a character device",
             tarfile.BLKTYPE: "a block device"}
+
+
+def _open(data: bytes | Path) -> tarfile.TarFile:
+    if isinstance(data, Path):
+        return tarfile.open(data)
+    return tarfile.open(fileobj=io.BytesIO(data))
+
+
+def _in_git(name: str) -> bool:
+    # Case-insensitively, as git refuses `.GIT` too (case-insensitive file systems).
+    return ".git" in (part.lower() for part in PurePosixPath(name).parts)
+
+
+def _stage_and_move(tar: tarfile.TarFile, members: list[tarfile.TarInfo], target: Path
+                    ) -> None:
+    """Write the entries into a staging folder next to their place, on the same file
+    system, then rename each into place: the slow writes, which a full disk can stop,
+    happen where a failure leaves nothing behind; the renames need no space. Concurrent
+    fetches into one folder each have their own staging folder and replace each other's
+    files atomically."""
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target))
+    try:
+        for member in members:
+            _write(tar, member, staging)
+        for member in members:
+            _move(staging, target, posixpath.normpath(member.name), member.isdir())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move(staging: Path, target: Path, name: str, is_dir: bool) -> None:
+    path = target / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        path.mkdir(exist_ok=True)
+        return
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(f"{path} is a folder here and a file in the results")
+    os.replace(staging / name, path)  # replaces a file or a symlink, never writes through
 
 
 def _check(member: tarfile.TarInfo, links: dict[str, str], files: set[str],

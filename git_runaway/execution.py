@@ -15,20 +15,25 @@ call `Runaway.run`; nothing here prints except through the `log` callback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import os
 import shlex
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
+from git_runaway import hosts
 from git_runaway import remote
 from git_runaway import variables
 from git_runaway.archive import FETCH_IGNORE
+from git_runaway.archive import STAGING_PREFIX
 from git_runaway.archive import Pack
 from git_runaway.archive import ignore_spec
 from git_runaway.archive import pack
@@ -40,6 +45,7 @@ from git_runaway.hosts import Host
 from git_runaway.hosts import Sink
 from git_runaway.hosts.local import LocalHost
 from git_runaway.profiles import Profile
+from git_runaway.profiles import repository_root
 
 Log = Callable[[str], None]
 
@@ -102,8 +108,8 @@ class Runaway:
         # The archives this session's runs used, and the --leave of the last run of each
         # to end: with NOTHING, `close` deletes the archive if no run uses it.
         self._archives: dict[Where, dict[str, Leave]] = {}
-        # The last upload of each archive, set once it ended: runs wait for it, not resend.
-        self._uploads: dict[tuple[Where, str], asyncio.Event] = {}
+        # The last upload of each archive: runs that find it missing wait for it, not resend.
+        self._uploads: dict[tuple[Where, str], asyncio.Future[int]] = {}
 
     async def __aenter__(self) -> Runaway:
         return self
@@ -134,7 +140,7 @@ class Runaway:
         if host is None or not host.alive or not digests:
             return  # a lost connection was reported by the run that lost it
         self._log(f"deleting {len(digests)} archive(s) from {root} unless a run uses them")
-        done = await host.run(remote.delete_unused(root, digests))
+        done = await _run(host, "delete", remote.delete_unused, root, digests)
         if done.exit_code != 0:
             raise _host_error(f"cannot delete the code archives in {root}", done)
 
@@ -152,13 +158,20 @@ class Runaway:
         """The absolute host_directory, created on first use."""
         key = (profile.ssh_config, profile.host_directory)
         if key not in self._roots:
-            done = await host.run(remote.resolve_root(profile.host_directory))
-            if done.exit_code != 0:
+            done = await _run(host, "root", remote.resolve_root, profile.host_directory)
+            lines = done.stdout.decode(errors="replace").strip().splitlines()
+            if done.exit_code != 0 or not lines:
                 raise _host_error(f"cannot create host_directory {profile.host_directory}", done)
-            self._roots[key] = done.stdout.decode().strip().splitlines()[-1]
+            if done.noise:
+                self._log(f"{host.name}'s shell printed {len(done.noise)} bytes at startup "
+                          "(set aside): see --check")
+            self._roots[key] = lines[-1]
         return self._roots[key]
 
     async def run(self, profile: Profile, job: Job, stdout: Sink, stderr: Sink) -> Outcome:
+        """Run `job`. A cancellation stops the script, then still fetches its results and
+        cleans up before it goes on; so does a failing `stdout` (a closed pipe), whose error
+        is raised once that is done."""
         start = time.monotonic()
         arguments = split_arguments(job.arguments)
         variables.check(job.environment, job.script, arguments)
@@ -167,111 +180,70 @@ class Runaway:
         if script not in package.files:
             raise RunawayError(f"script {script!r} is excluded by {job.folder}/.sendignore; "
                                "it must be sent to run", ExitCode.USAGE)
-        self._log(f"packed {len(package.files)} entries ({len(package.data)} bytes, "
+        self._log(f"packed {len(package.files)} entries ({package.size} bytes, "
                   f"sha256 {package.digest[:12]})")
+        commit = await asyncio.to_thread(_commit, job.folder)
         host = await self.host(profile)
         root = await self.root(host, profile)
         run_id = str(uuid.uuid4())
         folder = f"{root}/{run_id}"
-        env = {**job.environment, **_variables(profile, job, root, folder, run_id, package)}
-        command = _command(profile, env, f"{folder}/{script}", arguments)
-        where = (profile.ssh_config, root)
+        env = {**job.environment, **_variables(profile, job, root, folder, run_id, package),
+               **({"RUNAWAY_COMMIT": commit} if commit else {})}
+        run = _Run(self, host, (profile.ssh_config, root), package, run_id, job,
+                   _commands(profile, f"{folder}/{script}", arguments), env, stdout, stderr)
+        task = asyncio.ensure_future(run.protocol())
         try:
-            uploaded, code = await self._start(host, where, package, run_id, command,
-                                               stdout, stderr)
+            code = await asyncio.shield(task)
         except asyncio.CancelledError:
-            self._log("interrupted: the script was stopped; fetching and cleaning up")
+            if task.done():
+                raise
+            self._log("interrupted: stopping the script; fetching and cleaning up")
+            await run.stop()
             try:
-                await self._finish(host, where, package.digest, run_id, job)
+                await task
             except RunawayError as e:
                 self._log(str(e))
             raise
-        fetched = await self._finish(host, where, package.digest, run_id, job)
-        return Outcome(run_id, code, folder, uploaded, tuple(fetched), time.monotonic() - start)
+        if run.stdout_error is not None:
+            raise run.stdout_error
+        return Outcome(run_id, code, folder, run.uploaded, tuple(run.fetched),
+                       time.monotonic() - start)
 
-    async def _start(self, host: Host, where: Where, package: Pack, run_id: str,
-                     command: str, stdout: Sink, stderr: Sink) -> tuple[int, int]:
-        """Run `command` in its run folder, uploading the code first if the host lacks it;
-        returns the bytes uploaded and the exit code."""
-        root = where[1]
-        self._log(f"running {root}/{run_id} on {host.name}")
-        prepare = remote.prepare(root, package.digest, run_id)
-        before = self._uploads.get((where, package.digest))
-        done = await host.run(prepare + command, stdout=stdout, stderr=stderr, hold_stdin=True)
-        latest = self._uploads.get((where, package.digest))
-        if done.signal == remote.MISSING and latest is not None and (
-                latest is not before or not latest.is_set()):
-            # Another run of this session is sending this code, or sent it after this one
-            # looked: use that upload rather than send the same bytes again.
+    async def provide(self, host: Host, where: Where, package: Pack) -> int:
+        """Make sure the host has the code: wait for an upload of it that this session
+        already runs, or upload it. Returns the bytes sent."""
+        key = (where, package.digest)
+        ongoing = self._uploads.get(key)
+        if ongoing is not None and not ongoing.done():
             self._log("another run is uploading this code: waiting for it")
-            await latest.wait()
-            done = await host.run(prepare + command, stdout=stdout, stderr=stderr,
-                                  hold_stdin=True)
-        uploaded = 0
-        if done.signal == remote.MISSING:
-            uploaded = await self._upload(host, where, package, run_id)
-            done = await host.run(command, stdout=stdout, stderr=stderr, hold_stdin=True)
-        elif done.signal == remote.UNPREPARED:
-            raise RunawayError(f"cannot prepare the run folder {root}/{run_id} on {host.name} "
-                               "(see the message above)", ExitCode.HOST)
-        else:
-            self._log("the host already had this code: nothing uploaded")
-        self._log(f"the script exited with {done.exit_code}")
-        return uploaded, done.exit_code
+            await asyncio.shield(ongoing)
+            if ongoing.exception() is None:
+                return 0
+        upload = self._uploads[key] = asyncio.ensure_future(self._upload(host, where, package))
+        return await asyncio.shield(upload)
 
-    async def _upload(self, host: Host, where: Where, package: Pack, run_id: str) -> int:
-        """Send the code; the session's other runs that find it missing meanwhile wait for
-        this upload instead of sending the same bytes again."""
+    async def _upload(self, host: Host, where: Where, package: Pack) -> int:
+        """Send the code, streamed: the tar is written again in chunks, never whole."""
         root = where[1]
-        self._log(f"uploading {len(package.data)} bytes")
-        uploading = self._uploads[(where, package.digest)] = asyncio.Event()
-        try:
-            done = await host.run(remote.upload(root, package.digest, run_id),
-                                  stdin=package.data)
-        finally:
-            uploading.set()
-        if done.exit_code == remote.CORRUPT:
+        self._log(f"uploading {package.size} bytes")
+        key = hosts.nonce()
+        upload_id = str(uuid.uuid4())
+        async with hosts.session(host, "upload", remote.upload(key, root, package.digest,
+                                                               upload_id), key) as started:
+            await started.expect("ready")
+            await _send_chunks(started.process, package)
+            started.process.write_eof()
+            await started.stdout.until(hosts.discard)
+            code = await started.finish()
+            message = await started.last_message()
+        if code == remote.CORRUPT:
             raise RunawayError(f"the archive uploaded to {host.name} does not match its sha256 "
-                               f"{package.digest}; retry", ExitCode.SEND)
-        if done.exit_code != 0:
-            raise RunawayError(f"cannot upload the code to {host.name}:{root}: "
-                               f"{_last_line(done.stderr)}", ExitCode.SEND)
-        return len(package.data)
-
-    async def _finish(self, host: Host, where: Where, digest: str, run_id: str,
-                      job: Job) -> list[str]:
-        """Fetch the results, and clean up the host once they are safe on this side."""
-        root = where[1]
-        folder = f"{root}/{run_id}"
-        self._archives.setdefault(where, {})[digest] = job.leave
-        listed = (job.folder / FETCH_IGNORE).exists()
-        paths = await self._fetch_list(host, folder, job.folder) if listed else b""
-        cleanup = remote.cleanup(root, digest, run_id, job.leave is Leave.EVERYTHING)
-        done = await host.run(remote.fetch_and_cleanup(folder, cleanup, listed), stdin=paths)
-        if done.exit_code not in (0, remote.CLEANUP_FAILED):
-            # A run's results matter more than a tidy host: keep them where they are.
-            raise RunawayError(f"cannot archive the results in {folder}: "
-                               f"{_last_line(done.stderr)}; the run folder is kept on "
-                               f"{host.name}:{folder}", ExitCode.FETCH)
-        try:
-            fetched = await asyncio.to_thread(safe_extract, done.stdout, job.folder)
-        except RunawayError as e:
-            e.args = (f"{e.args[0]}; the archive is kept as {_keep(done.stdout, run_id)}",)
-            raise
-        self._log(f"fetched {len(fetched)} files")
-        if done.exit_code == remote.CLEANUP_FAILED:
-            raise _host_error(f"cannot clean up {folder}", done)
-        return fetched
-
-    async def _fetch_list(self, host: Host, folder: str, local: Path) -> bytes:
-        """The changed files minus .fetchignore, NUL-separated, for `fetch_and_cleanup`."""
-        listing = await host.run(remote.changed_files(folder))
-        if listing.exit_code != 0:
-            raise RunawayError(f"cannot list the results in {folder}: "
-                               f"{_last_line(listing.stderr)}", ExitCode.FETCH)
-        spec = ignore_spec(local, FETCH_IGNORE)
-        return b"\0".join(n for n in listing.stdout.split(b"\0")
-                           if n and not spec.match_file(os.fsdecode(n[2:])))
+                               f"{package.digest} (did {package.folder} change meanwhile?); "
+                               "retry", ExitCode.SEND)
+        if code != 0:
+            raise RunawayError(f"cannot upload the code to {host.name}:{root}: {message}",
+                               ExitCode.SEND)
+        return package.size
 
     async def check(self, profile: Profile) -> list[tuple[str, str | None]]:
         """Try each step of a profile on its host: (step, None) when it works, else
@@ -284,13 +256,223 @@ class Runaway:
             steps.append((f"create host_directory {root}", None))
         except RunawayError as e:
             return [*steps, ("connect and create host_directory", str(e))]
+        quiet = await _run(host, "check", remote.program, ":")
+        noise = quiet.noise.decode(errors="replace").strip()
+        steps.append(("quiet shell startup", None if not noise else (
+            f"the login shell printed {len(quiet.noise)} bytes before the command ran "
+            f"({_first_line(noise)!r}...); runaway sets it aside, other tools may not")))
         folder = f"{root}/check-{uuid.uuid4()}"
         for section in ("before_execution", "after_execution"):
-            done = await host.run(remote.try_commands(folder, getattr(profile, section)))
+            done = await _run(host, "check", remote.try_commands, folder,
+                              getattr(profile, section))
             reason = f"exit {done.exit_code}: {_last_line(done.stderr)}" if done.exit_code else None
             steps.append((section, reason))
-        await host.run(f"rm -rf {remote.q(folder)}")
         return steps
+
+    async def clean(self, profile: Profile) -> list[str]:
+        """Remove what runs that are over left on the profile's host; what was removed."""
+        host = await self.host(profile)
+        root = await self.root(host, profile)
+        done = await _run(host, "clean", remote.clean, root)
+        if done.exit_code != 0:
+            raise _host_error(f"cannot clean {root}", done)
+        return [f"{host.name}:{root}/{line.split(' ')[-1]} ({line.rpartition(' ')[0]})"
+                for line in done.stdout.decode(errors="replace").splitlines() if line]
+
+
+class _Run:
+    """One run's conversation with its host program (`remote.run`)."""
+
+    def __init__(self, session: Runaway, host: Host, where: Where, package: Pack, run_id: str,
+                 job: Job, commands: tuple[list[str], list[str], list[str]],
+                 env: dict[str, str], stdout: Sink, stderr: Sink) -> None:
+        self.session, self.host, self.where, self.package = session, host, where, package
+        self.run_id, self.job, self.commands, self.env = run_id, job, commands, env
+        self.stdout, self.stderr = stdout, stderr
+        self.folder = f"{where[1]}/{run_id}"
+        self.uploaded = 0
+        self.fetched: list[str] = []
+        self.stdout_error: OSError | None = None
+        self._started: hosts.Session | None = None
+        self._stopping = False
+        self._stopper: asyncio.Future[None] | None = None
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._started is not None:
+            await self._started.answer(remote.STOP)
+
+    def _forward(self, chunk: bytes) -> None:
+        if self.stdout_error is not None:
+            return
+        try:
+            self.stdout(chunk)
+        except OSError as e:  # a closed pipe (`| head -1`): stop the script, quietly
+            self.stdout_error = e
+            self._stopper = asyncio.ensure_future(self.stop())
+
+    async def protocol(self) -> int:
+        log = self.session._log
+        root = self.where[1]
+        key = hosts.nonce()
+        listed = (self.job.folder / FETCH_IGNORE).exists()
+        before, execution, after = self.commands
+        program = remote.run(key, root, self.package.digest, self.run_id, self.env, before,
+                             execution, after, listed)
+        log(f"running {self.folder} on {self.host.name}")
+        async with hosts.session(self.host, "run", program, key, (self.stderr,)) as started:
+            self._started = started
+            if started.noise.parts:
+                log(f"set aside {len(started.noise.bytes())} bytes the login shell printed")
+            if self._stopping:
+                await started.answer(remote.STOP)
+            try:
+                await self._prepare(started)
+                word = await started.stdout.until(self._forward)
+                if word is None or not word.startswith("exit "):
+                    raise RunawayError(f"the run ended before its script did: "
+                                       f"{await started.last_message()}", ExitCode.HOST)
+                code = int(word.split()[1])
+                log(f"the script exited with {code}")
+                self.session._archives.setdefault(self.where, {})[self.package.digest] = (
+                    self.job.leave)
+                await self._fetch(started, listed)
+            except RunawayError as e:
+                if e.code == ExitCode.CONNECTION:
+                    e.args = (f"{e.args[0]}; the run folder, if the run started, is "
+                              f"{self.host.name}:{self.folder}",)
+                raise
+            cleaned = await started.finish()
+        if cleaned != 0:
+            raise RunawayError(f"cannot clean up {self.folder} on {self.host.name}: "
+                               f"{_last_line(started.messages.bytes())}", ExitCode.HOST)
+        return code
+
+    async def _prepare(self, started: hosts.Session) -> None:
+        while True:
+            word = await started.stdout.until(hosts.discard)
+            if word == "started":
+                if not self.uploaded:
+                    self.session._log("the host already had this code: nothing uploaded")
+                return
+            if word == "missing":
+                self.uploaded += await self.session.provide(self.host, self.where,
+                                                            self.package)
+                await started.answer(remote.GO)
+                continue
+            if word == "unprepared":
+                raise RunawayError(f"cannot prepare the run folder {self.folder} on "
+                                   f"{self.host.name} (see the message above)", ExitCode.HOST)
+            raise RunawayError(f"cannot start the run in {self.where[1]} on {self.host.name}: "
+                               f"{await started.last_message()}", ExitCode.HOST)
+
+    async def _fetch(self, started: hosts.Session, listed: bool) -> None:
+        """Receive the results into a file, extract them, then tell the host whether it may
+        delete them: until the results are in place here, the host keeps them."""
+        session = self.session
+        if listed:
+            names = hosts.Collect()
+            if await started.stdout.until(names) != "listed":
+                raise RunawayError(f"cannot list the results in {self.folder}: "
+                                   f"{await started.last_message()}", ExitCode.FETCH)
+            spec = ignore_spec(self.job.folder, FETCH_IGNORE)
+            wanted = b"\0".join(n for n in names.bytes().split(b"\0")
+                                 if n and not spec.match_file(os.fsdecode(n[2:])))
+            await started.process.write(f"{len(wanted)}\n".encode() + wanted)
+        where = f"{self.host.name}:{self.folder}"
+        # Next to the results' place: the same file system, and a hidden name never sent.
+        received = _Received(self.job.folder / f"{STAGING_PREFIX}{self.run_id}.tar")
+        word = await started.stdout.until(received.write)
+        received.close()
+        try:
+            if received.error is not None:
+                raise RunawayError(f"cannot store the results here ({received.error}); they "
+                                   f"are kept on {where}", ExitCode.FETCH)
+            if word != "end 0":
+                raise RunawayError(f"cannot archive the results in {self.folder}: "
+                                   f"{await started.last_message()}; the run folder is kept "
+                                   f"on {where}", ExitCode.FETCH)
+            try:
+                self.fetched = await asyncio.to_thread(safe_extract, received.path,
+                                                       self.job.folder)
+            except RunawayError as e:
+                kept = _keep(received.path, self.run_id)
+                e.args = (f"{e.args[0]}; the archive is kept as {kept}; the run folder is kept "
+                          f"on {where}",)
+                raise
+        except RunawayError:
+            received.path.unlink(missing_ok=True)
+            await started.answer(remote.KEEP)
+            raise
+        received.path.unlink(missing_ok=True)
+        session._log(f"fetched {len(self.fetched)} files ({received.size} bytes)")
+        keep = self.job.leave is Leave.EVERYTHING
+        await started.answer(remote.KEEP if keep else remote.CLEAN)
+        started.process.write_eof()
+        await started.stdout.until(hosts.discard)
+
+
+class _Received:
+    """The results' tar, written to a file as it arrives; a failure to write (a full disk)
+    is kept for later, and the rest of the stream is read and dropped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self.error: OSError | None = None
+        self._file: BinaryIO | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "wb")
+        except OSError as e:
+            self.error = e
+
+    def write(self, chunk: bytes) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(chunk)
+            self.size += len(chunk)
+        except OSError as e:
+            self.error = e
+            self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError as e:
+                self.error = self.error or e
+
+
+async def _send_chunks(process: hosts.Process, package: Pack) -> None:
+    """Write the tar to the process as it is packed, in a thread, with a bounded queue."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
+
+    def produce() -> None:
+        try:
+            package.chunks(lambda chunk: asyncio.run_coroutine_threadsafe(
+                queue.put(chunk), loop).result())
+        finally:
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+    producer = asyncio.ensure_future(asyncio.to_thread(produce))
+    try:
+        while (chunk := await queue.get()) is not None:
+            await process.write(chunk)
+    finally:
+        while not producer.done():  # let the thread end: drain what it still puts
+            with contextlib.suppress(asyncio.QueueEmpty):
+                queue.get_nowait()
+            await asyncio.sleep(0)
+    await producer
+
+
+async def _run(host: Host, tag: str, make: Callable[..., str], *args: object) -> hosts.Completed:
+    key = hosts.nonce()
+    return await hosts.run(host, tag, make(key, *args), key)
 
 
 async def _connect(alias: str) -> Host:
@@ -309,21 +491,35 @@ def _script_path(job: Job) -> str:
     return path.relative_to(folder).as_posix()
 
 
-def _command(profile: Profile, env: dict[str, str], script: str, arguments: list[str]) -> str:
+def _commands(profile: Profile, script: str, arguments: list[str]
+              ) -> tuple[list[str], list[str], list[str]]:
     def commands(section: tuple[str, ...]) -> list[str]:
         return [remote.substitute(c, script, arguments) for c in section]
 
-    return remote.execute(env["RUNAWAY_PWD"], env, commands(profile.before_execution),
-                          commands(profile.execution), commands(profile.after_execution))
+    return (commands(profile.before_execution), commands(profile.execution),
+            commands(profile.after_execution))
 
 
-def _keep(archive: bytes, run_id: str) -> Path:
-    """Save a fetched archive that was not extracted, since the host no longer has it."""
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "runaway"
-    path = folder / "refused" / f"{run_id}.tar"
+def _cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "runaway"
+
+
+def _keep(archive: Path, run_id: str) -> Path:
+    """Keep a fetched archive that was not extracted, for the user to inspect."""
+    path = _cache() / "refused" / f"{run_id}.tar"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(archive)
+    os.replace(archive, path)
     return path
+
+
+def _commit(folder: Path) -> str | None:
+    """The commit checked out in the folder's repository, for RUNAWAY_COMMIT: `.git` is not
+    sent, so that a script can still log which version of the code ran."""
+    if repository_root(Path(os.path.abspath(folder))) is None:
+        return None
+    done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=folder,
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() or None
 
 
 def _variables(profile: Profile, job: Job, root: str, folder: str, run_id: str,
@@ -344,6 +540,10 @@ def _variables(profile: Profile, job: Job, root: str, folder: str, run_id: str,
 def _host_error(what: str, done: Completed) -> RunawayError:
     return RunawayError(f"{what}: exit {done.exit_code}: {_last_line(done.stderr)}",
                         ExitCode.HOST)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:80] if text.strip() else ""
 
 
 def _last_line(text: bytes) -> str:

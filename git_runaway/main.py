@@ -4,6 +4,7 @@ Usage:
   git runaway [-v] [--leave=WHAT] PROFILE SCRIPT [-- ARGS...]
   git runaway --list
   git runaway [-v] --check PROFILE
+  git runaway [-v] --clean PROFILE
   git runaway -h | --help
 
 Sends the current folder (minus .sendignore) to the host PROFILE names, runs SCRIPT there
@@ -17,6 +18,9 @@ Options:
   --list          List the profiles, where each one comes from, and its host.
   --check         Connect, create host_directory, run before_execution and
                   after_execution, and report what failed.
+  --clean         Remove what runs that are over left on the host: run folders (also
+                  those of --leave=everything), archives no running run uses, partial
+                  uploads; lists each.
   -h, --help      Show this text.
 
 ARGS are joined with spaces and split like a shell would, then quoted for the host:
@@ -45,6 +49,7 @@ from docopt import DocoptExit
 from docopt import docopt
 
 from git_runaway.commands.check import check
+from git_runaway.commands.clean import clean
 from git_runaway.commands.list_profiles import list_profiles
 from git_runaway.commands.run import run
 from git_runaway.errors import ExitCode
@@ -81,6 +86,8 @@ def _dispatch(args: dict[str, object], cwd: Path) -> int:
         return list_profiles(cwd)
     if args["--check"]:
         return check(str(args["PROFILE"]), cwd, verbose)
+    if args["--clean"]:
+        return clean(str(args["PROFILE"]), cwd, verbose)
     leave = str(args["--leave"])
     if leave not in LEAVE:
         raise RunawayError(f"invalid --leave={leave!r}: use {', '.join(LEAVE)}", ExitCode.USAGE)

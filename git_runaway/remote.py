@@ -1,24 +1,29 @@
-"""The shell commands runaway sends to a host, one function a step.
+"""The programs runaway runs on a host, one function a command.
+
+Every host command is `exec /bin/sh -s TAG`, words that every login shell (sh, bash, tcsh,
+csh, fish...) reads alike; the program itself follows on stdin, so the login shell never
+parses it. It is one brace group, which sh parses whole before running any of it, so that
+the bytes runaway sends later (an answer, an upload) are never read as program text.
+
+The program starts by printing the marker `NONCE:start` on stdout and on stderr: what came
+before is the login shell's startup output (a module banner...), which runaway sets aside.
+NONCE is random for each command and travels only inside the program, which no process on
+the host can read, so no output can fake a marker. Markers tell runaway what the host is
+doing; runaway answers with lines on stdin. Nothing relies on signals or exit codes, which a
+script can send or use too.
 
 Layout of a profile's host_directory (ROOT):
   ROOT/<sha256>.tar               the code, named by its content, shared by every run of it
-  ROOT/<sha256>.users/<uuid>      one marker per run using that archive
-  ROOT/<sha256>.tar.<uuid>.part   an upload in progress (swept once an hour old)
+  ROOT/<sha256>.users/<uuid>      one marker per run of that code, flock(1)ed while it runs
+  ROOT/<sha256>.tar.<uuid>.part   an upload in progress, flock(1)ed while it goes on
   ROOT/<uuid>/                    one run's folder
   ROOT/.lock                      flock(1) lock taken to publish or delete an archive
 
-A deleter, holding the lock, removes an archive only after `rmdir <sha256>.users`
-succeeded, which it cannot while a marker exists; publishing an archive and marking its
-uploader take the lock too. A run of code the host has extracts the archive, then marks
-itself, without the lock, which would cost a program per run: if a deleter removes the
-archive meanwhile, tar still reads the file it opened, or finds none and the run uploads the
-code again. Either way the run has its code; only a later run may have to upload it again.
-A run marks itself only once it has the code, so an upload that died leaves no marker that
-would keep the archive forever.
-
-Each program started costs 1-2 ms on a host, so the common path (the host has the code)
-starts only the shell sshd runs, tar, the script, then find, tar and rm; the rest are shell
-builtins. Every path is quoted; only the profile's own commands reach the shell unquoted.
+A run locks its marker before it extracts the code and holds the lock until it ends: a
+marker nobody locks belongs to a run that is over, however it ended (SIGKILL, a lost node),
+and never pins an archive. flock, unlike a pid, also works across the login nodes that share
+a home folder. A deleter, holding .lock, removes the markers nobody locks, then an archive
+only if its .users folder is empty.
 """
 
 from __future__ import annotations
@@ -29,137 +34,155 @@ from collections.abc import Mapping
 
 from git_runaway.archive import MTIME
 
-# `prepare` runs in front of the script, whose exit code can be anything: it reports by
-# killing its own shell with a signal instead, which no exit code can be mistaken for.
-MISSING = "USR2"  # the archive is not on the host yet
-UNPREPARED = "USR1"  # the run folder could not be made (its stderr says why)
 CORRUPT = 101  # exit code of `upload` when the uploaded bytes do not match the hash
-FETCH_FAILED = 102  # exit codes of `fetch_and_cleanup`
-CLEANUP_FAILED = 103
-STALE_PART_MINUTES = 60  # an upload writes its .part continuously: this old, it was killed
+STALE_PART_MINUTES = 60  # an upload's .part untouched this long and unlocked: it was killed
+CLEAN = "clean"  # runaway's answer once it has the results: remove the run folder
+KEEP = "keep"  # ... when it does not have them, or --leave=everything
+STOP = "stop"  # stop the script (Ctrl-C, a closed stdout); the results still come back
+GO = "go"  # the code the host missed is there now
 
 _LOCK = "exec 9>.lock && flock 9"
-_STOP_GROUP = 'trap "" HUP INT TERM; kill -TERM 0 2>/dev/null; exit 143'
+# Signals that a script may send its process group (`kill -USR2 0`, `trap 'kill 0' EXIT`),
+# which is also the group of the program and its watcher: they catch them (the script, which
+# they start, gets the default handlers back) or ignore them. The stop is a SIGINT, as from
+# Ctrl-C: the script runs in the foreground, so it does not ignore SIGINT, and no shell
+# prints "Terminated" for it.
+_SIGNALS = "HUP INT QUIT TERM USR1 USR2 ALRM"
 
 
-def resolve_root(host_directory: str) -> str:
+def launcher(tag: str) -> str:
+    """The command line of every host command: plain words, the same in every shell."""
+    return f"exec /bin/sh -s {tag}"
+
+
+def program(nonce: str, body: str) -> str:
+    return (f"{{ printf '%s:start\\n' {nonce}; printf '%s:start\\n' {nonce} >&2;\n"
+            f"{body}\n}}\n")
+
+
+def resolve_root(nonce: str, host_directory: str) -> str:
     """Create host_directory and print its absolute path (the profile's text is expanded)."""
-    return f"mkdir -p {host_directory} && cd {host_directory} && pwd -P"
+    return program(nonce, f"mkdir -p {host_directory} && cd {host_directory} && pwd -P")
 
 
-def prepare(root: str, digest: str, uuid: str) -> str:
-    """Extract the archive into the run folder and mark this run as a user of it, or die of
-    MISSING; meant to be followed by `execute` in the same command, to save a round trip.
+def run(nonce: str, root: str, digest: str, uuid: str, env: Mapping[str, str],
+        before: list[str], execution: list[str], after: list[str], listed: bool) -> str:
+    """One run, in one host command: get the code, run the script, send back its results
+    and clean up once runaway has them.
 
-    The first extraction is silent, as the archive may just be missing; if it is there after
-    all (a failure, or an upload published it meanwhile), the second one says why it fails.
+    Markers on stdout: `missing` (runaway uploads the code, then answers `go`),
+    `unprepared` (stderr says why), `started`, then the script's output, `exit CODE`, with
+    `listed` first the NUL-separated changed files then `listed` (runaway answers with the
+    size and the list of those to send), the tar of the results, `end TAR_STATUS`. stderr
+    carries `done` after the script: what follows is this program's own. Runaway answers
+    `clean` or `keep`: the run folder stays until runaway has the results whole.
     """
-    extract = _extract(digest, uuid)
-    return (f"cd {q(root)} || kill -{UNPREPARED} $$; {extract} 2>/dev/null"
-            f" || {{ test -f {digest}.tar || kill -{MISSING} $$; {extract}; }}"
-            f" || kill -{UNPREPARED} $$; {_mark_quickly(digest, uuid)}; ")
-
-
-def upload(root: str, digest: str, uuid: str) -> str:
-    """Read the archive on stdin, verify it, publish it atomically, mark this run as its user
-    and extract it. Sweeps the .part files of uploads killed long ago first: uploads are
-    rare, so the extra program costs little."""
-    part = f"{digest}.tar.{uuid}.part"
-    sweep = (f"find . -maxdepth 1 -type f -name '*.tar.*.part' -mmin +{STALE_PART_MINUTES}"
-             " -delete 2>/dev/null")
-    return (f"cd {q(root)} && {{ {sweep}; cat > {part}; }} && "
-            f"{{ echo '{digest}  {part}' | sha256sum -c --status"
-            f" || {{ rm -f {part}; exit {CORRUPT}; }}; }}"
-            f" && {_LOCK} && mv -f {part} {digest}.tar && {_mark(digest, uuid)}"
-            f" && exec 9>&- && {_extract(digest, uuid)}")
-
-
-def _mark(digest: str, uuid: str) -> str:
-    return f"mkdir -p {digest}.users && : > {digest}.users/{uuid}"
-
-
-def _mark_quickly(digest: str, uuid: str) -> str:
-    """`_mark` with builtins only while the folder exists (from the archive's upload on).
-    Best effort: without a marker another run may delete the archive while this one runs,
-    which costs a later run an upload, never a wrong result. `true`, not `:`: a special
-    builtin's failed redirection would end the shell."""
     marker = f"{digest}.users/{uuid}"
-    return f"{{ true 2>/dev/null >{marker} || {{ mkdir -p {digest}.users && true >{marker}; }}; }}"
+    mark = (f"{{ command exec 8>{marker} || {{ mkdir -p {digest}.users"
+            f" && command exec 8>{marker}; }}; }} 2>/dev/null && flock -n 8")
+    extract = f"tar -xf {digest}.tar --transform='s,^,{uuid}/,S'"
+    say = f"printf '%s:%s\\n' {nonce}"
+    exports = "".join(f"export {k}={q(v)}; " for k, v in sorted(env.items()))
+    paths = "head -c \"$n\" | " if listed else f"{_find_changed()} | "
+    results = (f"{_find_changed()}; {say} listed; read -r n; " if listed else "") + (
+        f"{paths}tar --null --no-recursion -T - -cf -")
+    return program(nonce, f"""cd {q(root)} || exit 1
+while :; do
+  {mark} || :
+  {extract} 2>/dev/null && break
+  if test -f {digest}.tar; then rm -rf {uuid}; {extract} && break
+    rm -rf {uuid} {marker}; {say} unprepared; exit 1; fi
+  {say} missing; read -r a && test "$a" = {GO} || {{ rm -f {marker}; exit 1; }}
+done
+cd {uuid} || exit 1
+{exports}{say} started
+trap : {_SIGNALS}; exec 3<&0
+{{ trap '' {_SIGNALS}; while read -r l <&3; do test "$l" = {STOP} && break; done; kill -INT 0
+}} >/dev/null 2>&1 8>&- & w=$!
+( {_script(before, execution, after)} ) </dev/null 3<&- 8>&-; rc=$?
+trap '' PIPE; {say} done >&2; {{ kill -9 $w; wait $w; }} 2>/dev/null
+{say} "exit $rc"
+{results}; t=$?
+{say} "end $t"
+while read -r a; do test "$a" = {STOP} || break; done
+cd .. && if test "$a" = {CLEAN}; then rm -rf {uuid} {marker}; else rm -f {marker}; fi""")
 
 
-def _extract(digest: str, uuid: str) -> str:
-    # Into ROOT/<uuid>, which tar creates: no mkdir. S: symlink targets stay as they are.
-    return f"tar -xf {digest}.tar --transform='s,^,{uuid}/,S'"
-
-
-def execute(run_folder: str, env: Mapping[str, str], before: list[str], execution: list[str],
-            after: list[str]) -> str:
-    """Run the profile's commands in the run folder.
+def _script(before: list[str], execution: list[str], after: list[str]) -> str:
+    """The profile's commands, for a subshell of the program.
 
     `after` runs whatever happened before it, and the exit code is the first failure of
-    `before` or else `execution`'s; `export` and `cd` carry from one section to the next.
-    The commands run in a background subshell so that the trap can stop the whole process
-    group at once when runaway is interrupted or the connection drops; a
-    trap would wait for a foreground command to end.
+    `before` or else `execution`'s; `export` and `cd` carry from one section to the next. An
+    EXIT trap, so that `after` also runs when a `before` command calls `exit`. A command
+    alone, the usual case, is exec'd by the subshell: its end is the script's end. Otherwise
+    the subshell catches the signals the script may send its group, and lives on to run
+    `after`.
     """
-    exports = "".join(f"export {k}={q(v)}; " for k, v in sorted(env.items()))
-    # An EXIT trap, so that `after` also runs when a `before` command calls `exit`. Without
-    # `after` and `before`, the usual case, one command alone in the subshell is exec'd by
-    # the shell rather than forked once more (a trap or braces would cost that fork).
+    if not before and not after and len(execution) == 1 and execution[0].strip():
+        return execution[0]
     trap = f"trap {q(_all(after))} EXIT; " if after else ""
-    alone = not before and len(execution) == 1 and bool(execution[0].strip())
-    body = trap + (execution[0] if alone else f"{_all(before)} && {_all(execution)}")
-    # Without a pty sshd sends no HUP when the connection drops, so a watcher waits for
-    # the end of stdin, which runaway holds open until the run ends, and raises the HUP.
-    # `read`, a builtin, rather than cat: one program less. Through fd 3, as a background
-    # list's stdin is /dev/null.
-    watcher = ("exec 3<&0; { while read -r _ <&3; do :; done; kill -HUP $$; } >/dev/null 2>&1"
-               " & w=$!; ")
-    return (f"cd {q(run_folder)} || exit 1; {exports}"
-            f"trap {q(_STOP_GROUP)} HUP INT TERM; {watcher}"
-            f"( {body} ) 3<&- & wait $!; rc=$?; kill $w 2>/dev/null; exit $rc")
+    return f"trap : {_SIGNALS}; {trap}{_all(before)} && {_all(execution)}"
 
 
 def _all(commands: list[str]) -> str:
     return "{ " + " && ".join(commands or [":"]) + "; }"
 
 
-def try_commands(folder: str, commands: tuple[str, ...]) -> str:
-    """For `--check`: run one section of a profile in a scratch folder."""
-    return f"mkdir -p {q(folder)} && cd {q(folder)} && {_all(list(commands))}"
-
-
-def changed_files(run_folder: str) -> str:
-    """List, NUL-separated, the files whose mtime is not the archive's: the run's output."""
-    return f"cd {q(run_folder)} && {_find_changed()}"
-
-
 def _find_changed() -> str:
-    return (f"find . \\( -type f -o -type l \\)"
+    """The files whose mtime is not the archive's, NUL-separated: the run's output. Never
+    anything under a .git folder: git never writes one from a tree, and a host must not
+    plant hooks or an index in the user's repository."""
+    return (f"find . -name .git -prune -o \\( -type f -o -type l \\)"
             f" \\( -newermt @{MTIME} -o ! -newermt @{MTIME - 1} \\) -print0")
 
 
-def fetch_and_cleanup(run_folder: str, cleanup: str, listed: bool) -> str:
-    """Write a tar of the run's output to stdout, then `cleanup` if that worked. The paths
-    are the `changed_files`, or when `listed` the NUL-separated ones read on stdin."""
-    paths = "" if listed else f"{_find_changed()} | "
-    return (f"{{ cd {q(run_folder)} && {paths}tar --null --no-recursion -T - -cf -; }}"
-            f" || exit {FETCH_FAILED}; {cleanup} || exit {CLEANUP_FAILED}")
+def upload(nonce: str, root: str, digest: str, uuid: str) -> str:
+    """Say `ready`, read the archive on stdin, verify it and publish it atomically. Sweeps
+    the .part files of uploads killed long ago first: uploads are rare, so the extra program
+    costs little."""
+    part = f"{digest}.tar.{uuid}.part"
+    sweep = (f"find . -maxdepth 1 -type f -name '*.tar.*.part' -mmin +{STALE_PART_MINUTES}"
+             " -delete 2>/dev/null")
+    return program(nonce, (
+        f"cd {q(root)} || exit 1; {sweep}; command exec 8>{part} && flock -n 8 || exit 1\n"
+        f"printf '%s:ready\\n' {nonce}; cat >&8 || exit 1\n"
+        f"echo '{digest}  {part}' | sha256sum -c --status || {{ rm -f {part}; exit {CORRUPT}; }}\n"
+        f"{_LOCK} && mv -f {part} {digest}.tar"))
 
 
-def cleanup(root: str, digest: str, uuid: str, keep_folder: bool) -> str:
-    """Remove the run's marker, and its folder unless `keep_folder`. Never the archive: with
-    --leave=nothing the session deletes it when it closes (`delete_unused`), so that its
-    later runs of the same code need not upload it again."""
-    folder = "" if keep_folder else f" {q(f'{root}/{uuid}')}"
-    return f"rm -rf{folder} {q(f'{root}/{digest}.users/{uuid}')}"
+def try_commands(nonce: str, folder: str, commands: tuple[str, ...]) -> str:
+    """For `--check`: run one section of a profile in a scratch folder, then remove it."""
+    return program(nonce, f"mkdir -p {q(folder)} && cd {q(folder)} && {_all(list(commands))}"
+                          f"; rc=$?; cd / && rm -rf {q(folder)}; exit $rc")
 
 
-def delete_unused(root: str, digests: Iterable[str]) -> str:
-    """Delete each archive that no run uses (see the module's docstring)."""
+def delete_unused(nonce: str, root: str, digests: Iterable[str]) -> str:
+    """Delete each archive that no running run uses (see the module's docstring)."""
     each = " ".join(sorted(digests))
-    return (f"cd {q(root)} && {_LOCK} && for d in {each}; do"
-            f" rmdir $d.users 2>/dev/null && rm -f $d.tar; done; :")
+    return program(nonce, (
+        f"cd {q(root)} && {_LOCK} && for d in {each}; do {_unpin('$d')}"
+        f" {{ rmdir $d.users 2>/dev/null || ! test -d $d.users; }} && rm -f $d.tar; done; :"))
+
+
+def _unpin(digest: str) -> str:
+    """Remove the markers of `digest` that no run holds: runs that are over."""
+    return (f"for m in {digest}.users/*; do test -e \"$m\" && flock -n \"$m\" true"
+            f" && rm -f \"$m\"; done;")
+
+
+def clean(nonce: str, root: str) -> str:
+    """Remove, and list one per line, what runs that are over left in host_directory: run
+    folders, archives no running run uses, uploads no one is sending, --check's folders."""
+    uuid = "[0-9a-f]" + "*-*-*-*-*"
+    return program(nonce, f"""cd {q(root)} && {_LOCK} || exit 1
+{_unpin('*')}
+for u in {uuid}; do test -d "$u" || continue; set -- *.users/"$u"
+  test -e "$1" || {{ rm -rf "$u" && echo "run folder $u"; }}; done
+for t in *.tar; do test -e "$t" || continue; d=${{t%.tar}}
+  rmdir "$d.users" 2>/dev/null; test -d "$d.users" || {{ rm -f "$t" && echo "archive $t"; }}; done
+for p in *.tar.*.part; do test -e "$p" && flock -n "$p" true && rm -f "$p" && echo "upload $p"
+done
+for c in check-*; do test -d "$c" && rm -rf "$c" && echo "check folder $c"; done; :""")
 
 
 def substitute(command: str, script: str, arguments: list[str]) -> str:

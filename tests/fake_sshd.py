@@ -6,12 +6,13 @@ real with `/bin/sh -c` as the current user (stdin, stdout, stderr and the exit c
 relayed), unless `faults` says to misbehave:
 
   drop_upload_after  abort the connection after that many bytes of stdin of the upload
-                     command (`cat > ...`); the child then sees EOF on stdin like under
+                     command; the child then sees EOF on stdin like under
                      OpenSSH's sshd, or is killed at once with `upload_child="kill"`;
   drop_run_after     abort the connection that many seconds into the run command
                      (`... & wait $!`); the child's pipes are closed like sshd does;
-  fetch_archive      answer the fetch command (`tar ... -cf -`) with these bytes and exit 0
-                     instead of running it.
+  fetch_archive      in the output of the run command, put these bytes in place of the
+                     results' tar (between the markers `exit` and `end`), as a host would
+                     that sends a hostile archive.
 
 Nothing is mocked on the client side: keys are real, the client reads ~/.ssh/config and
 known_hosts, and the connection is a TCP socket.
@@ -24,6 +25,7 @@ import contextlib
 import dataclasses
 import getpass
 import os
+import re
 import signal
 import threading
 from collections.abc import Coroutine
@@ -34,9 +36,10 @@ from typing import TypeVar
 
 import asyncssh
 
-UPLOAD = "cat >"  # git_runaway.remote.upload
-RUN = "wait $!"  # git_runaway.remote.execute
-FETCH = "tar --null --no-recursion -T - -cf -"  # git_runaway.remote.archive_files/_changed
+from git_runaway.remote import launcher
+
+UPLOAD = launcher("upload")  # git_runaway.remote.upload
+RUN = launcher("run")  # git_runaway.remote.run, which also sends the results back
 CHUNK = 16384
 
 T = TypeVar("T")
@@ -159,12 +162,6 @@ class FakeSshd:
         command = process.command or ""
         self.commands.append(command)
         faults = self.faults
-        if FETCH in command and faults.fetch_archive is not None:
-            await process.stdin.read()
-            process.stdout.write(faults.fetch_archive)
-            await process.stdout.drain()
-            process.exit(0)
-            return
         limit = faults.drop_upload_after if UPLOAD in command else None
         delay = faults.drop_run_after if RUN in command else None
         pipe = asyncio.subprocess.PIPE
@@ -176,8 +173,11 @@ class FakeSshd:
         # Like sshd, the exit status goes out when the child ends, whether or not the
         # client has closed stdin (runaway holds it open during a run).
         feeding = asyncio.create_task(self._relay_stdin(process, child, limit, drop))
+        hostile = faults.fetch_archive if command == RUN else None
         relays: asyncio.Future[Any] = asyncio.gather(
-            _relay(child.stdout, process.stdout), _relay(child.stderr, process.stderr))
+            _relay(child.stdout, process.stdout) if hostile is None else
+            _relay_replacing_results(child.stdout, process.stdout, hostile),
+            _relay(child.stderr, process.stderr))
         timer = asyncio.create_task(_set_after(drop, delay))
         dropped: asyncio.Future[Any] = asyncio.create_task(drop.wait())
         try:
@@ -241,6 +241,38 @@ async def _relay(source: asyncio.StreamReader | None,
         while chunk := await source.read(CHUNK):
             sink.write(chunk)
             await sink.drain()
+
+
+async def _relay_replacing_results(source: asyncio.StreamReader | None,
+                                   sink: asyncssh.SSHWriter[bytes], archive: bytes) -> None:
+    """Relay the run's output, with `archive` in place of the results' tar. Complete lines
+    go through at once: the client answers some markers."""
+    assert source is not None
+    buffer, nonce = b"", b""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, asyncssh.Error):
+        while chunk := await source.read(CHUNK):
+            buffer += chunk
+            if not nonce:
+                found = re.search(rb"([0-9a-f]{32}):exit [0-9]+\n", buffer)
+                if found is None:
+                    ready = buffer.rfind(b"\n") + 1
+                    sink.write(buffer[:ready])
+                    buffer = buffer[ready:]
+                else:
+                    nonce = found.group(1)
+                    sink.write(buffer[:found.end()])
+                    buffer = buffer[found.end():]
+            if nonce and nonce != b"done":
+                end = re.search(re.escape(nonce) + rb":end [0-9]+\n", buffer)
+                if end is not None:
+                    sink.write(archive + nonce + b":end 0\n" + buffer[end.end():])
+                    buffer = b""
+                    nonce = b"done"
+            if nonce == b"done":
+                sink.write(buffer)
+                buffer = b""
+            await sink.drain()
+        sink.write(buffer)
 
 
 async def _set_after(event: asyncio.Event, delay: float | None) -> None:

@@ -272,7 +272,7 @@ def test_check_reports_each_step(ssh_host: str, home: Path, work: Path):
     assert good.returncode == 0, good.stdout
     assert good.stdout.splitlines() == [
         "ok    connect to testhost", f"ok    create host_directory {ssh_user_home()}/rt-check",
-        "ok    before_execution", "ok    after_execution"]
+        "ok    quiet shell startup", "ok    before_execution", "ok    after_execution"]
     bad = runaway("--check", "bad", cwd=work)
     assert bad.returncode == FAILED
     assert re.search(r"^FAIL  before_execution: exit 127: .*module: .*not found$", bad.stdout,

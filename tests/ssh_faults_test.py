@@ -102,7 +102,9 @@ def test_upload_dropped_midway_publishes_nothing_and_a_retry_works(
     failure(dropped, ExitCode.CONNECTION, LOST)
     assert fake.sshd.drops == 1
     assert not list(fake.host.rglob("checksum.txt")), "ran without its code"
-    leftovers = [n for n in fake.host_entries() if n != ".lock"]
+    # The run that waited for the upload took its marker away: its folder stays, empty.
+    assert not list(fake.host.glob("*.users/*"))
+    leftovers = [n for n in fake.host_entries() if n != ".lock" and not n.endswith(".users")]
     assert f"{digest}.tar" not in leftovers
     assert all(n.startswith(f"{digest}.tar.") and n.endswith(".part") for n in leftovers), (
         leftovers)
@@ -203,8 +205,9 @@ def test_hostile_fetch_is_refused(fake: Setup, tmp_path: Path, case: Case):
     line = failure(refused, ExitCode.FETCH,
                    rf"refused the fetched archive: .*({case.why}).*; nothing outside "
                    rf"{re.escape(str(fake.project))} was written; the archive is kept as "
-                   r"\S+/runaway/refused/[0-9a-f-]{36}\.tar")
-    kept = Path(line.rpartition("the archive is kept as ")[2])
+                   r"\S+/runaway/refused/[0-9a-f-]{36}\.tar; the run folder is kept on "
+                   rf"{ALIAS}:{re.escape(str(fake.host))}/[0-9a-f-]{{36}}")
+    kept = Path(line.rpartition("the archive is kept as ")[2].partition(";")[0])
     assert kept.read_bytes() == fake.sshd.faults.fetch_archive  # for the user to inspect
 
     extracted = sorted(set(os.listdir(fake.project)) - {"run", "out"})

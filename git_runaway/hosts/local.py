@@ -1,4 +1,4 @@
-"""This machine, with no ssh: each command is `/bin/sh -c` in its own process group."""
+"""This machine, with no ssh: each command is `/bin/sh -s` in its own process group."""
 
 from __future__ import annotations
 
@@ -6,55 +6,72 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 
-from git_runaway.hosts import Completed
-from git_runaway.hosts import Sink
-from git_runaway.hosts import killed
-from git_runaway.hosts import read
+from git_runaway.hosts import CHUNK
+from git_runaway.hosts import Process
+
+GRACE = 10.0  # seconds a program gets to stop its script and keep its run folder
+
+
+class LocalProcess:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdin and process.stdout and process.stderr  # the pipes were asked for
+        self._process = process
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._stderr = process.stderr
+
+    async def read(self) -> bytes:
+        return await self._stdout.read(CHUNK)
+
+    async def read_stderr(self) -> bytes:
+        return await self._stderr.read(CHUNK)
+
+    async def write(self, data: bytes) -> None:
+        self._stdin.write(data)
+        await self._stdin.drain()
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+
+    async def wait(self) -> int | None:
+        code = await self._process.wait()
+        return None if code < 0 else code
 
 
 class LocalHost:
     name = "localhost"
     alive = True
 
-    async def run(self, command: str, stdin: bytes = b"", stdout: Sink | None = None,
-                  stderr: Sink | None = None, hold_stdin: bool = False) -> Completed:
+    @contextlib.asynccontextmanager
+    async def open(self, tag: str) -> AsyncIterator[Process]:
         pipe = asyncio.subprocess.PIPE
         process = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", command, stdin=pipe, stdout=pipe, stderr=pipe,
-            start_new_session=True,  # like sshd's setsid: the trap can stop the whole group
+            "/bin/sh", "-s", tag, stdin=pipe, stdout=pipe, stderr=pipe,
+            start_new_session=True,  # like sshd's setsid
         )
         try:
-            out, err, _ = await asyncio.gather(
-                read(_stream(process.stdout), stdout), read(_stream(process.stderr), stderr),
-                _write(process.stdin, stdin, hold_stdin),
-            )
-            code = await process.wait()
-            assert process.stdin is not None
-            process.stdin.close()
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)  # the shell's trap stops its group
-            await asyncio.shield(process.wait())
-            raise
-        if code < 0:
-            return killed(signal.Signals(-code).name.removeprefix("SIG"), out, err)
-        return Completed(code, out, err)
+            yield LocalProcess(process)
+        finally:
+            # Like a closed ssh channel: the end of stdin, which the program answers by
+            # stopping its script and keeping the run folder, and EPIPE on its writes.
+            _close_pipes(process)
+            try:
+                await asyncio.wait_for(asyncio.shield(process.wait()), GRACE)
+            except (TimeoutError, asyncio.CancelledError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await asyncio.shield(process.wait())
 
     async def close(self) -> None:
         pass
 
 
-async def _write(stream: asyncio.StreamWriter | None, data: bytes, hold: bool) -> None:
-    assert stream is not None
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        if data:
-            stream.write(data)
-            await stream.drain()
-        if not hold:
-            stream.close()
-
-
-def _stream(stream: asyncio.StreamReader | None) -> asyncio.StreamReader:
-    assert stream is not None  # the pipes were asked for
-    return stream
+def _close_pipes(process: asyncio.subprocess.Process) -> None:
+    transport = process._transport  # type: ignore[attr-defined]
+    for fd in (0, 1, 2):
+        pipe = transport.get_pipe_transport(fd)
+        if pipe is not None:
+            pipe.close()

@@ -1,7 +1,11 @@
 """An ssh host through asyncssh, configured by ~/.ssh/config like OpenSSH.
 
 One connection per host alias carries every concurrent run to it, one channel per command,
-at most `CHANNELS` at a time (OpenSSH's default MaxSessions).
+at most `CHANNELS` at a time (OpenSSH's default MaxSessions). Runs hold their channel while
+they wait for an upload of their code: uploads and the other short commands have channels
+of their own, so that they never wait for the runs that wait for them. The connection is compressed
+(zlib@openssh.com) when the server allows it: archives stay named by the hash of the
+uncompressed tar, so code reuse does not depend on a zlib version.
 """
 
 from __future__ import annotations
@@ -10,19 +14,56 @@ import asyncio
 import contextlib
 import getpass
 import os
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
 
 from git_runaway.errors import ExitCode
 from git_runaway.errors import RunawayError
-from git_runaway.hosts import Completed
-from git_runaway.hosts import Sink
-from git_runaway.hosts import killed
-from git_runaway.hosts import read
+from git_runaway.hosts import CHUNK
+from git_runaway.hosts import Process
+from git_runaway.remote import launcher
 
 CHANNELS = 10
-TERMINATE_GRACE = 5.0  # seconds the remote trap gets to stop the process group
+SHORT_CHANNELS = 2  # of CHANNELS, for the commands other than runs
+COMPRESSION = ("zlib@openssh.com", "zlib", "none")
+CLOSE_GRACE = 10.0  # seconds a program gets to stop its script once its channel closes
+
+
+class SshProcess:
+    def __init__(self, host: SshHost, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self._host = host
+        self._process = process
+
+    async def read(self) -> bytes:
+        with self._host.lost():
+            return await self._process.stdout.read(CHUNK)
+
+    async def read_stderr(self) -> bytes:
+        with self._host.lost():
+            return await self._process.stderr.read(CHUNK)
+
+    async def write(self, data: bytes) -> None:
+        with self._host.lost():
+            self._process.stdin.write(data)
+            await self._process.stdin.drain()
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self._process.stdin.write_eof()
+
+    async def wait(self) -> int | None:
+        with self._host.lost():
+            result = await self._process.wait(check=False)
+        if result.exit_signal:
+            return None
+        if result.exit_status is None:
+            self._host.alive = False
+            raise RunawayError(f"connection to {self._host.name!r} lost: the channel closed "
+                               "without an exit status", ExitCode.CONNECTION)
+        return result.exit_status
 
 
 class SshHost:
@@ -30,14 +71,15 @@ class SshHost:
         self.name = name
         self.alive = True
         self._connection = connection
-        self._channels = asyncio.Semaphore(CHANNELS)
+        self._runs = asyncio.Semaphore(CHANNELS - SHORT_CHANNELS)
+        self._short = asyncio.Semaphore(SHORT_CHANNELS)
 
     @classmethod
     async def connect(cls, alias: str) -> SshHost:
         try:
             # asyncssh reads ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump,
             # UserKnownHostsFile) and verifies the host key against known_hosts.
-            connection = await asyncssh.connect(alias)
+            connection = await asyncssh.connect(alias, compression_algs=COMPRESSION)
         except asyncssh.HostKeyNotVerifiable as e:
             raise _host_key_error(alias, e) from None
         except FileNotFoundError as e:
@@ -49,54 +91,33 @@ class SshHost:
                                ExitCode.CONNECTION) from None
         return cls(alias, connection)
 
-    async def run(self, command: str, stdin: bytes = b"", stdout: Sink | None = None,
-                  stderr: Sink | None = None, hold_stdin: bool = False) -> Completed:
-        async with self._channels:
-            try:
-                return await self._run(command, stdin, stdout, stderr, hold_stdin)
-            except (OSError, asyncssh.Error) as e:
-                self.alive = False
-                raise RunawayError(f"connection to {self.name!r} lost: {_reason(e)}",
-                                   ExitCode.CONNECTION) from None
-
-    async def _run(self, command: str, stdin: bytes, stdout: Sink | None,
-                   stderr: Sink | None, hold_stdin: bool) -> Completed:
-        process = await self._connection.create_process(command, encoding=None)
+    @contextlib.contextmanager
+    def lost(self) -> Iterator[None]:
         try:
-            out, err, _ = await asyncio.gather(
-                read(process.stdout, stdout), read(process.stderr, stderr),
-                _write(process.stdin, stdin, hold_stdin))
-            result = await process.wait(check=False)
-        except asyncio.CancelledError:
-            await asyncio.shield(_terminate(process))
-            raise
-        if result.exit_signal:
-            return killed(result.exit_signal[0], out, err)
-        if result.exit_status is None:
-            raise asyncssh.ConnectionLost("the channel closed without an exit status")
-        return Completed(result.exit_status, out, err)
+            yield
+        except (OSError, asyncssh.Error) as e:
+            self.alive = False
+            raise RunawayError(f"connection to {self.name!r} lost: {_reason(e)}",
+                               ExitCode.CONNECTION) from None
+
+    @contextlib.asynccontextmanager
+    async def open(self, tag: str) -> AsyncIterator[Process]:
+        async with self._runs if tag == "run" else self._short:
+            with self.lost():
+                process = await self._connection.create_process(launcher(tag), encoding=None)
+            try:
+                yield SshProcess(self, process)
+            finally:
+                # The end of stdin: the program stops its script and keeps the run folder.
+                # Then close the channel; never a signal mid-packet (see commands/run.py).
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    process.stdin.write_eof()
+                process.close()
 
     async def close(self) -> None:
         self._connection.close()
         with contextlib.suppress(Exception):
             await self._connection.wait_closed()
-
-
-async def _terminate(process: asyncssh.SSHClientProcess[bytes]) -> None:
-    with contextlib.suppress(OSError, asyncssh.Error):
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait_closed(), TERMINATE_GRACE)
-        except TimeoutError:
-            process.close()
-
-
-async def _write(stream: asyncssh.SSHWriter[bytes], data: bytes, hold: bool) -> None:
-    if data:
-        stream.write(data)
-        await stream.drain()
-    if not hold:
-        stream.write_eof()
 
 
 def _host_key_error(alias: str, error: asyncssh.HostKeyNotVerifiable) -> RunawayError:
