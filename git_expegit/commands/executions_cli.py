@@ -58,7 +58,8 @@ def finish(cwd: Path, prefix: str | None, exit_code: int | None, push: bool, ver
         logger(verbose)(f"{done.status} {execution.id}")
     if done.outside:
         # A name may hold a line break: shown escaped, so the warning stays one line.
-        names = [name.encode("unicode_escape").decode() for name in done.outside[:10]]
+        names = ["".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+                 for name in done.outside[:10]]
         shown = ", ".join(names) + (", ..." if len(done.outside) > 10 else "")
         warn(f"the run created {len(done.outside)} file(s) outside data/, which are not kept "
              f"(results live in data/): {shown}")
