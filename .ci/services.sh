@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install and start the real services the tests use, on a fresh Debian root machine:
-# an OpenSSH sshd on 127.0.0.1:2222 for a dedicated user, and git-lfs.
+# an OpenSSH sshd on 127.0.0.1:$SSHD_PORT (default 2222) for dedicated users, and git-lfs.
 # Usage: SVC=$(mktemp -d) bash .ci/services.sh; source "$SVC/env.sh"; ...; bash "$SVC/stop.sh"
 set -euo pipefail
 SVC=${SVC:-$(mktemp -d -t expegit-svc.XXXXXX)}
+PORT=${SSHD_PORT:-2222}  # another port lets a second set of services run beside a first
 mkdir -p "$SVC"
 export DEBIAN_FRONTEND=noninteractive
 PKGS="openssh-server openssh-client git git-lfs man-db faketime tcsh"
@@ -29,7 +30,7 @@ cp "$SVC/ssh/id_ed25519.pub" "$SVC/ssh/authorized_keys"
 chmod 644 "$SVC/ssh/authorized_keys"
 chmod 755 "$SVC" "$SVC/ssh"
 cat >"$SVC/ssh/sshd_config" <<EOC
-Port 2222
+Port $PORT
 ListenAddress 127.0.0.1
 HostKey $SVC/ssh/host_ed25519
 PidFile $SVC/ssh/sshd.pid
@@ -43,11 +44,11 @@ Subsystem sftp internal-sftp
 MaxSessions 100
 MaxStartups 100:30:200
 EOC
-echo "[127.0.0.1]:2222 $(cut -d' ' -f1,2 "$SVC/ssh/host_ed25519.pub")" >"$SVC/ssh/known_hosts"
+echo "[127.0.0.1]:$PORT $(cut -d' ' -f1,2 "$SVC/ssh/host_ed25519.pub")" >"$SVC/ssh/known_hosts"
 cat >"$SVC/ssh/config" <<EOC
 Host testhost
   HostName 127.0.0.1
-  Port 2222
+  Port $PORT
   User expegit-test
   IdentityFile $SVC/ssh/id_ed25519
   IdentitiesOnly yes
@@ -57,7 +58,7 @@ Host testhost
   ConnectTimeout 5
 Host tcshhost
   HostName 127.0.0.1
-  Port 2222
+  Port $PORT
   User expegit-tcsh
   IdentityFile $SVC/ssh/id_ed25519
   IdentitiesOnly yes
@@ -67,7 +68,7 @@ Host tcshhost
   ConnectTimeout 5
 Host jumphost
   HostName 127.0.0.1
-  Port 2222
+  Port $PORT
   User expegit-test
   IdentityFile $SVC/ssh/id_ed25519
   IdentitiesOnly yes
