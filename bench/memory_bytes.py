@@ -193,20 +193,22 @@ def random_files(folder: Path, megabytes: int) -> None:
         left -= size
 
 
-def measure_fetch(base: Path, megabytes: int, remote: str) -> dict[str, object]:
+def measure_fetch(base: Path, megabytes: int, remote: str, compression: bool
+                  ) -> dict[str, object]:
     folder = script_folder(base / f"fetch-{megabytes}",
                            f"head -c {megabytes * MB} /dev/urandom > out.bin")
-    result = run_child(folder, f"{remote}/fetch-{megabytes}")
+    result = run_child(folder, f"{remote}/fetch-{megabytes}", compression)
     size = (folder / "out.bin").stat().st_size
     check(size == megabytes * MB, f"fetch {megabytes} MB: out.bin has {size} bytes")
     shutil.rmtree(folder)
     return result
 
 
-def measure_upload(base: Path, megabytes: int, remote: str) -> dict[str, object]:
+def measure_upload(base: Path, megabytes: int, remote: str, compression: bool
+                   ) -> dict[str, object]:
     folder = script_folder(base / f"upload-{megabytes}", "cat data-*.bin | wc -c > out.txt")
     random_files(folder, megabytes)
-    result = run_child(folder, f"{remote}/upload-{megabytes}")
+    result = run_child(folder, f"{remote}/upload-{megabytes}", compression)
     text = (folder / "out.txt").read_text().strip()
     check(text == str(megabytes * MB), f"upload {megabytes} MB: the host read {text} bytes")
     check(int(str(result["uploaded"])) > megabytes * MB, f"upload: {result['uploaded']} sent")
@@ -234,6 +236,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fetch-mb", default="16,256,1024")
     parser.add_argument("--upload-mb", default="16,190")
+    parser.add_argument("--memory-compression", choices=("zlib", "none"), default="zlib",
+                        help="ssh compression for the memory measures (default zlib)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--host-directory", help=argparse.SUPPRESS)
@@ -247,6 +251,7 @@ def main() -> int:
         print("EXPEGIT_TEST_SSH_CONFIG is not set: run `SVC=/tmp/svc bash .ci/services.sh` "
               "and `source /tmp/svc/env.sh`", file=sys.stderr)
         return 2
+    memory_zlib = args.memory_compression == "zlib"
     remote = f"bench-memory/{uuid.uuid4().hex[:10]}"
     load = os.getloadavg()[0]
     rows: list[tuple[str, int, dict[str, object]]] = []
@@ -255,12 +260,12 @@ def main() -> int:
         home(base, config)
         try:
             floor = run_child(script_folder(base / "floor", "echo 0 > out.txt"),
-                              f"{remote}/floor")
+                              f"{remote}/floor", memory_zlib)
             rows.append(("a tiny run (the floor)", 0, floor))
             for mb in (int(m) for m in args.fetch_mb.split(",") if m):
-                rows.append(("fetch results", mb, measure_fetch(base, mb, remote)))
+                rows.append(("fetch results", mb, measure_fetch(base, mb, remote, memory_zlib)))
             for mb in (int(m) for m in args.upload_mb.split(",") if m):
-                rows.append(("upload code", mb, measure_upload(base, mb, remote)))
+                rows.append(("upload code", mb, measure_upload(base, mb, remote, memory_zlib)))
             plain, size = measure_bytes(base, remote, compression=False)
             zlib, _ = measure_bytes(base, remote, compression=True)
             check(zlib["compression"] == ["zlib@openssh.com"] * 2, f"with: {zlib['compression']}")
@@ -272,7 +277,7 @@ def main() -> int:
             subprocess.run(["ssh", "-F", config, HOST, f"rm -rf {remote}"],
                            capture_output=True, timeout=300)
     print(f"\n## Client memory ({time.strftime('%Y-%m-%d')}, nproc {os.cpu_count()}, "
-          f"load average at start {load:.2f})\n")
+          f"load average at start {load:.2f}, ssh compression {args.memory_compression})\n")
     print("| execution | MB moved | wall s | MB/s | peak RSS MB |")
     print("|---|---:|---:|---:|---:|")
     for what, mb, r in rows:
