@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import os
@@ -27,11 +28,15 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import asyncssh
+
 import git_runaway.execution as execution
 from git_runaway import archive
+from git_runaway import hosts
 from git_runaway.execution import Job
 from git_runaway.execution import Leave
 from git_runaway.execution import Runaway
+from git_runaway.hosts.ssh import SshHost
 from git_runaway.profiles import Profile
 
 SCRIPT = "#!/bin/sh\necho $1 > out.txt\n"
@@ -144,17 +149,105 @@ async def ours_throughput(folders: list[Path], host_directory: str, concurrency:
     return seconds, uploads
 
 
-# Each host command by what only it contains (see git_runaway/remote.py).
-STEPS = (("wait $!", "run: prepare + script"), ("cat > ", "upload"),
-         ("-cf -", "fetch + cleanup"), ("find . ", "list results (.fetchignore)"),
-         ("rmdir", "delete unused archives"), ("pwd -P", "resolve host_directory"))
+# Where an execution's time goes. Every run is one host command (see git_runaway/remote.py):
+# its phases are timed by wrapping the client's functions that handle each of them.
+OPEN = "run: open the channel (sshd forks the login shell)"
+START = "run: send the program, until its start marker"
+PREPARE = "run: extract the code on the host"
+SCRIPT_STEP = "run: the script (until its exit marker)"
+FETCH = "run: stream the results' tar"
+CLEANUP = "run: host removes the run folder, channel closes"
+TAGS = {"upload": "upload", "root": "resolve host_directory",
+        "delete": "delete unused archives"}  # the other host commands, by their tag
 LOCAL = {"pack": "pack (local)", "safe_extract": "extract (local)"}
 REST = "rest of the client (Python, asyncssh)"
 COMMANDS = "host commands (count)"
+ORDER = (OPEN, START, PREPARE, SCRIPT_STEP, FETCH, CLEANUP, *TAGS.values(), *LOCAL.values(), REST)
 
 
-def classify(command: str) -> str:
-    return next((name for marker, name in STEPS if marker in command), "other")
+class Timers:
+    """Wraps, for the timed executions only, the functions of git_runaway that delimit each
+    step, and adds their seconds to `current`; `restore` puts the originals back."""
+
+    def __init__(self, host: hosts.Host) -> None:
+        self.current: dict[str, float] = defaultdict(float)
+        self._host = host
+        self._saved: list[tuple[object, str, object]] = []
+
+    def _patch(self, owner: object, name: str, value: object) -> None:
+        self._saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    def install(self) -> None:
+        current = self.current
+        open_ = self._host.open
+
+        @contextlib.asynccontextmanager
+        async def timed_open(tag: str):  # type: ignore[no-untyped-def]
+            current[COMMANDS] += 1
+            t = time.perf_counter()
+            async with open_(tag) as process:
+                if tag == "run":
+                    current[OPEN] += time.perf_counter() - t
+                    current["_run_opened"] = time.perf_counter()
+                yield process
+            now = time.perf_counter()
+            if tag == "run":
+                current[CLEANUP] += now - current["_fetched"]
+            else:
+                current[TAGS.get(tag, "other")] += now - t
+
+        def phase(name: str, method, mark: str):  # type: ignore[no-untyped-def]
+            async def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+                t = time.perf_counter()
+                if name == FETCH:
+                    current[SCRIPT_STEP] += t - current["_prepared"]
+                else:
+                    current[START] += t - current["_run_opened"]
+                try:
+                    return await method(*args, **kwargs)
+                finally:
+                    current[mark] = time.perf_counter()
+                    current[name] += current[mark] - t
+            return wrapper
+
+        def timed(name: str, function):  # type: ignore[no-untyped-def]
+            def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+                t = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    current[name] += time.perf_counter() - t
+            return wrapper
+
+        self._patch(self._host, "open", timed_open)
+        # Between the channel's opening and `_prepare`: hosts.session sends the program and
+        # waits for its start marker.
+        self._patch(execution._Run, "_prepare",
+                    phase(PREPARE, execution._Run._prepare, "_prepared"))
+        self._patch(execution._Run, "_fetch", phase(FETCH, execution._Run._fetch, "_fetched"))
+        for name, label in LOCAL.items():  # the names execution.py imported from archive
+            self._patch(execution, name, timed(label, getattr(archive, name)))
+
+    def restore(self) -> None:
+        for owner, name, value in reversed(self._saved):
+            setattr(owner, name, value)
+        self._saved.clear()
+
+    def steps(self, total: float) -> dict[str, float]:
+        """The steps of the execution just timed (the _marks left out)."""
+        steps = {k: v for k, v in self.current.items() if not k.startswith("_")}
+        # The local extract runs inside `_fetch`: not counted twice.
+        steps[FETCH] = steps.get(FETCH, 0.0) - steps.get(LOCAL["safe_extract"], 0.0)
+        steps[REST] = total - sum(v for k, v in steps.items() if k != COMMANDS)
+        return {**steps, "total": total}
+
+
+def connection_of(host: hosts.Host) -> asyncssh.SSHClientConnection:
+    """The asyncssh connection under runaway's host, for the bare commands: one plain ssh
+    exec each (no /bin/sh -s, no markers), what a user types after `ssh host`."""
+    check(isinstance(host, SshHost), f"expected an ssh host, got {host!r}")
+    return host._connection  # type: ignore[attr-defined, no-any-return]
 
 
 @dataclasses.dataclass
@@ -184,6 +277,7 @@ async def overhead(code: Path, folders: list[Path], host_directory: str, leave_n
     runaway = Runaway()
     host = await runaway.host(profile)
     root = await runaway.root(host, profile)
+    connection = connection_of(host)
     # Warm up the connection and host_directory, with other code than the timed runs': their
     # first execution pays the upload of theirs, as without a warm-up.
     warm = folders[0].parent / "warm"
@@ -191,61 +285,35 @@ async def overhead(code: Path, folders: list[Path], host_directory: str, leave_n
     (warm / "warm-up.txt").write_text("not the timed runs' code\n")
     await runaway.run(profile, Job(warm, "run.sh", "0", leave), Sink(), Sink())
     bare_dir = f"{root}/bare-{uuid.uuid4().hex[:8]}"
-    done = await host.run(f"mkdir -p {bare_dir} && cat > {bare_dir}/run.sh",
-                          stdin=SCRIPT.encode())
-    check(done.exit_code == 0, f"cannot set up {bare_dir}: {done.stderr!r}")
-
-    current: dict[str, float] = defaultdict(float)
-    run_command = host.run
-
-    async def timed_run(command: str, *args, **kwargs):  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        try:
-            return await run_command(command, *args, **kwargs)
-        finally:
-            current[classify(command)] += time.perf_counter() - t
-            current[COMMANDS] += 1
-
-    def timed(name: str, function):  # type: ignore[no-untyped-def]
-        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-            t = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                current[name] += time.perf_counter() - t
-        return wrapper
+    done = await connection.run(f"mkdir -p {bare_dir} && cat > {bare_dir}/run.sh",
+                                input=SCRIPT.encode(), encoding=None)
+    check(done.exit_status == 0, f"cannot set up {bare_dir}: {done.stderr!r}")
 
     result = Sequential([], [], [], [], 0.0, 0)
     for i, folder in enumerate(folders):
-        current.clear()
-        host.run = timed_run  # type: ignore[method-assign]
-        for name, label in LOCAL.items():  # the names execution.py imported from archive
-            setattr(execution, name, timed(label, getattr(archive, name)))
+        timers = Timers(host)
+        timers.install()
         try:
             t = time.perf_counter()
             outcome = await runaway.run(profile, Job(folder, "run.sh", str(i), leave),
                                         Sink(), Sink())
             result.library.append(time.perf_counter() - t)
         finally:
-            host.run = run_command  # type: ignore[method-assign]
-            for name in LOCAL:
-                setattr(execution, name, getattr(archive, name))
+            timers.restore()
         check(outcome.exit_code == 0, f"sequential #{i}: exit {outcome.exit_code}")
         verify(folder, i, "sequential")
         result.uploads += bool(outcome.uploaded)
-        timed_steps = sum(v for k, v in current.items() if k != COMMANDS)
-        result.steps.append({**current, "total": result.library[-1],
-                             REST: result.library[-1] - timed_steps})
+        result.steps.append(timers.steps(result.library[-1]))
 
         t = time.perf_counter()
-        done = await host.run(f"cd {bare_dir} && sh run.sh {i}")
+        done = await connection.run(f"cd {bare_dir} && sh run.sh {i}", encoding=None)
         result.bare.append(time.perf_counter() - t)
-        check(done.exit_code == 0, f"bare #{i}: exit {done.exit_code}")
+        check(done.exit_status == 0, f"bare #{i}: exit {done.exit_status}")
         t = time.perf_counter()
-        await host.run("true")
+        await connection.run("true")
         result.empty.append(time.perf_counter() - t)
 
-    done = await host.run(f"cat {bare_dir}/out.txt; rm -rf {bare_dir}")
+    done = await connection.run(f"cat {bare_dir}/out.txt; rm -rf {bare_dir}", encoding=None)
     check(done.stdout == f"{len(folders) - 1}\n".encode(), f"bare: out.txt {done.stdout!r}")
     t = time.perf_counter()
     await runaway.close()
@@ -418,9 +486,9 @@ def print_overhead(sequential: dict[str, Sequential], n: int, load: float) -> fl
     row("an empty command (`true`) on the same connection (median)",
         lambda s: ms(statistics.median(s.empty)))
     row("uploads; the session's close, ms once", lambda s: f"{s.uploads}; {ms(s.close)}")
-    print("\nWhere it goes (median ms of each step per execution; the host commands include "
-          "opening their channel and the remote shell):\n")
-    order = [name for _, name in STEPS] + [*LOCAL.values(), REST, "other", "total", COMMANDS]
+    print("\nWhere it goes (median ms of each step per execution; an execution is one host "
+          "command, `run`, timed by phase):\n")
+    order = [*ORDER, "other", "total", COMMANDS]
     present = [k for k in order if any(k in steps for s in sequential.values()
                                        for steps in s.steps)]
     print("| step | " + " | ".join(f"--leave={leave}" for leave in LEAVES) + " |")
