@@ -61,7 +61,14 @@ class Campaign:
         import pygit2
 
         target = self.repo.references.get(self.branch())
-        return None if target is None else self.repo[target.target].peel(pygit2.Commit)
+        if target is None:
+            return None
+        try:
+            return self.repo[target.target].peel(pygit2.Commit)
+        except KeyError:
+            raise ExpegitError(f"the campaign's branch points to {target.target}, which is not "
+                               "in the repository: it is damaged (see git fsck); restore it "
+                               "from a clone or the remote", ExitCode.CAMPAIGN) from None
 
     def notes(self) -> pygit2.Commit | None:
         import pygit2

@@ -415,15 +415,24 @@ def _read(campaign: Campaign, answer: Callable[[Catalog], T]) -> T:
     with _locked(path) as writable:
         catalog = Catalog.load(path)
         try:
-            history.update(campaign.repo, catalog)
-            result = answer(catalog)
-        except Invalid:
-            catalog = Catalog(path, generation=catalog.generation)
-            history.update(campaign.repo, catalog)
-            result = answer(catalog)
+            try:
+                history.update(campaign.repo, catalog)
+                result = answer(catalog)
+            except Invalid:
+                catalog = Catalog(path, generation=catalog.generation)
+                history.update(campaign.repo, catalog)
+                result = answer(catalog)
+        except KeyError as e:  # pygit2: an object the refs lead to is not there
+            raise damaged(e) from None
         if writable:
             catalog.save()
     return result
+
+
+def damaged(error: KeyError) -> ExpegitError:
+    return ExpegitError(f"the campaign's history lacks the object {error.args[0]}: the "
+                        "repository is damaged (see git fsck); restore it from a clone or "
+                        "the remote", ExitCode.CAMPAIGN)
 
 
 @contextmanager

@@ -198,3 +198,11 @@ def test_a_git_folder_in_any_case_is_refused(campaign: Path) -> None:
     result = expegit("finish", folder.name, cwd=campaign, check=False)
     assert result.returncode == 4 and "is a git repository" in result.stderr
     assert snapshot(campaign) == before
+
+
+@pytest.mark.parametrize("command", [["status"], ["list"], ["exec", "new"]])
+def test_a_branch_on_a_missing_object_is_one_line(campaign: Path, command: list[str]) -> None:
+    (campaign / ".git" / "refs" / "heads" / "main").write_text("1" * 40 + "\n")
+    result = expegit(*command, cwd=campaign, check=False)
+    assert result.returncode == 3 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "damaged" in result.stderr and "Traceback" not in result.stderr
