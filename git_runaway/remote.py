@@ -46,7 +46,9 @@ _LOCK = "exec 9>.lock && flock 9"
 # which is also the group of the program and its watcher: they catch them (the script, which
 # they start, gets the default handlers back) or ignore them. The stop is a SIGINT, as from
 # Ctrl-C: the script runs in the foreground, so it does not ignore SIGINT, and no shell
-# prints "Terminated" for it.
+# prints "Terminated" for it. It is sent again a second later, then a SIGTERM: a shell
+# script between two commands when the first one lands may lose it (dash does), and then
+# start its next command as if nothing happened.
 _SIGNALS = "HUP INT QUIT TERM USR1 USR2 ALRM"
 
 
@@ -97,7 +99,8 @@ done
 cd {uuid} || exit 1
 {exports}{say} started
 trap : {_SIGNALS}; exec 3<&0
-{{ trap '' {_SIGNALS}; while read -r l <&3; do test "$l" = {STOP} && break; done; kill -INT 0
+{{ trap '' {_SIGNALS}; while read -r l <&3; do test "$l" = {STOP} && break; done
+  kill -INT 0; sleep 1; kill -INT 0; sleep 4; kill -TERM 0
 }} >/dev/null 2>&1 8>&- & w=$!
 ( {_script(before, execution, after)} ) </dev/null 3<&- 8>&-; rc=$?
 trap '' PIPE; {say} done >&2; {{ kill -9 $w; wait $w; }} 2>/dev/null

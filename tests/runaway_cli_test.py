@@ -312,3 +312,18 @@ def test_a_profile_without_ssh_config_runs_on_this_machine(home: Path, tmp_path:
     assert (work / "made.txt").read_text() == "made\n"
     [run_folder] = [p for p in runs.iterdir() if p.is_dir() and not p.name.endswith(".users")]
     assert (run_folder / "made.txt").is_file()  # --leave=everything, in its host_directory
+
+
+def test_ctrl_c_reaches_a_script_that_lost_the_first_sigint(target: Target, work: Path):
+    # A shell script between two commands when SIGINT lands can lose it (dash does): here,
+    # one that lets the first pass on purpose. The stop must still end it.
+    script(work, "run.sh", "trap 'trap - INT' INT; echo started\n"
+           "while :; do sleep 0.1; done\n")
+    process = subprocess.Popen(["git-runaway", target.profile, "run.sh"], cwd=work,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    assert process.stdout is not None and process.stdout.readline() == "started\n"
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert (process.returncode, stderr) == (ExitCode.INTERRUPTED, "runaway: interrupted\n")
+    assert list(target.host_directory.iterdir()) == [target.host_directory / ".lock"]
