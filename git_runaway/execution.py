@@ -75,6 +75,9 @@ class Outcome:
     uploaded: int  # bytes of code sent; 0 when the host already had the archive
     fetched: tuple[str, ...]
     seconds: float
+    # Output the host could not send (unreadable files, fifos, devices): named, not lost
+    # without a word; they stay in the run folder if --leave keeps it.
+    unfetched: tuple[str, ...] = ()
 
 
 def split_arguments(arguments: str) -> list[str]:
@@ -207,7 +210,7 @@ class Runaway:
         if run.stdout_error is not None:
             raise run.stdout_error
         return Outcome(run_id, code, folder, run.uploaded, tuple(run.fetched),
-                       time.monotonic() - start)
+                       time.monotonic() - start, tuple(run.unfetched))
 
     async def provide(self, host: Host, where: Where, package: Pack) -> int:
         """Make sure the host has the code: wait for an upload of it that this session
@@ -293,6 +296,7 @@ class _Run:
         self.uploaded = 0
         self.fetched: list[str] = []
         self.stdout_error: OSError | None = None
+        self.unfetched: list[str] = []
         self._started: hosts.Session | None = None
         self._stopping = False
         self._stopper: asyncio.Future[None] | None = None
@@ -343,6 +347,9 @@ class _Run:
                               f"{self.host.name}:{self.folder}",)
                 raise
             cleaned = await started.finish()
+            self.unfetched = [line.removeprefix(remote.UNFETCHED) for line in
+                              started.messages.bytes().decode(errors="replace").splitlines()
+                              if line.startswith(remote.UNFETCHED)]
         if cleaned != 0:
             raise RunawayError(f"cannot clean up {self.folder} on {self.host.name}: "
                                f"{_last_line(started.messages.bytes())}", ExitCode.HOST)

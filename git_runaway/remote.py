@@ -105,7 +105,7 @@ trap : {_SIGNALS}; exec 3<&0
 ( {_script(before, execution, after)} ) </dev/null 3<&- 8>&-; rc=$?
 trap '' PIPE; {say} done >&2; {{ kill -9 $w; wait $w; }} 2>/dev/null
 {say} "exit $rc"
-{results}; t=$?
+{_report_unfetched()}; {results}; t=$?
 {say} "end $t"
 while read -r a; do test "$a" = {STOP} || break; done
 cd .. && if test "$a" = {CLEAN}; then rm -rf {uuid} {marker}; else rm -f {marker}; fi""")
@@ -134,9 +134,23 @@ def _all(commands: list[str]) -> str:
 def _find_changed() -> str:
     """The files whose mtime is not the archive's, NUL-separated: the run's output. Never
     anything under a .git folder: git never writes one from a tree, and a host must not
-    plant hooks or an index in the user's repository."""
-    return (f"find . -name .git -prune -o \\( -type f -o -type l \\)"
-            f" \\( -newermt @{MTIME} -o ! -newermt @{MTIME - 1} \\) -print0")
+    plant hooks or an index in the user's repository. Only what tar can read and send:
+    see _report_unfetched for the rest."""
+    return (f"find . -name .git -prune -o \\( \\( -type f -readable \\) -o -type l \\)"
+            f" {_CHANGED} -print0")
+
+
+def _report_unfetched() -> str:
+    """The run's output that cannot come back, each named on this program's stderr:
+    unreadable files, fifos, sockets and devices (one of them would stop the whole fetch,
+    or have the whole archive refused)."""
+    return (f"find . -name .git -prune -o \\( \\( -type f ! -readable \\) -o -type p -o -type s"
+            f" -o -type b -o -type c \\) {_CHANGED} -printf '{UNFETCHED}%P\\n' >&2")
+
+
+# Changed: an mtime that is not the archive's.
+_CHANGED = f"\\( -newermt @{MTIME} -o ! -newermt @{MTIME - 1} \\)"
+UNFETCHED = "not fetched (unreadable, or not a file): "
 
 
 def upload(nonce: str, root: str, digest: str, uuid: str) -> str:

@@ -327,3 +327,16 @@ def test_ctrl_c_reaches_a_script_that_lost_the_first_sigint(target: Target, work
     _, stderr = process.communicate(timeout=30)
     assert (process.returncode, stderr) == (ExitCode.INTERRUPTED, "runaway: interrupted\n")
     assert list(target.host_directory.iterdir()) == [target.host_directory / ".lock"]
+
+
+def test_output_that_cannot_come_back_is_named_and_the_rest_comes(target: Target, work: Path):
+    script(work, "run.sh", "echo ok > ok.txt; echo secret > secret.txt; chmod 000 secret.txt\n"
+           "mkfifo pipe\n")
+    done = runaway(target.profile, "run.sh", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert (work / "ok.txt").read_text() == "ok\n"
+    assert "runaway: warning: 'pipe' was not fetched" in done.stderr
+    if target.profile != "local" or os.geteuid() != 0:  # root reads a mode-000 file
+        assert "runaway: warning: 'secret.txt' was not fetched" in done.stderr
+        assert not (work / "secret.txt").exists()
+    assert not (work / "pipe").exists()

@@ -42,6 +42,9 @@ async def _run(profile: profiles.Profile, job: Job, log: Log) -> int:
     _on_ctrl_c(main)
     async with Runaway(log) as runaway:
         outcome = await runaway.run(profile, job, stdout_sink, stderr_sink)
+    for name in outcome.unfetched:  # said even without -v: these results did not come back
+        print(f"runaway: warning: {name!r} was not fetched: it is unreadable, or not a "
+              "file", file=sys.stderr, flush=True)
     return outcome.exit_code
 
 
