@@ -86,7 +86,7 @@ def create(campaign: Campaign, commit: str, parameters: Sequence[str], profile: 
             creation = tx.commit(record.message(f"Create execution {execution[:8]}", {
                 Trailer.EXECUTION: execution, Trailer.COMMIT: commit,
                 Trailer.PARAMETERS: text, Trailer.PROFILE: profile}))
-            tx.texts[str(creation)] = ""
+            tx.texts[str(creation)] = ""  # a new commit has no note to read yet
             tx.log(str(creation), "created", by=generator, commit=commit[:12], batch=batch)
             ids.append(execution)
         tx.publish("exec new")

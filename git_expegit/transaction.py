@@ -221,14 +221,14 @@ def publish(campaign: Campaign, moves: Moves, message: str, trees: tuple[str, st
         _update_index(campaign, index, changes.index_info)
         git.update_refs(campaign.root, moves, f"expegit: {message}")
     except BaseException:
-        # A Ctrl-C may land while git update-ref has already moved the refs: then the
-        # change is committed, and is completed before the interruption goes on.
-        moved = _moved(campaign, moves)
-        if moved is False:
+        # A Ctrl-C may land while git update-ref has already moved the refs (or one of
+        # them): then the change is committed, and it is completed from its journal, as a
+        # dead process's would be, before the interruption goes on.
+        if _moved(campaign, moves) is False:
             _discard(campaign)  # before the commit point: as if nothing happened
-        elif moved:
-            _complete(campaign, index or _fresh_private_index(campaign), changes, worktree)
-        raise  # (half moved: the journal and the lock stay, for the next command)
+        else:
+            recover(campaign)
+        raise
     _complete(campaign, index, changes, worktree)
 
 
@@ -370,21 +370,15 @@ def _lookup(repo: pygit2.Repository, root: str | None, path: str) -> _File | Non
 
 
 def _entries(repo: pygit2.Repository, tree: str | None) -> dict[str, _File]:
-    if tree is None:
-        return {}
-    return _listing(repo, tree)
+    return {} if tree is None else dict(_listing(repo, tree))
 
 
 @functools.lru_cache(maxsize=4096)
-def _listing_cached(repo: pygit2.Repository, tree: str) -> tuple[tuple[str, _File], ...]:
+def _listing(repo: pygit2.Repository, tree: str) -> tuple[tuple[str, _File], ...]:
     # A batch gives thousands of folders the same tree: it is read once.
     found = repo[tree]
     assert isinstance(found, pygit2.Tree)
     return tuple((e.name or "", (e.filemode, str(e.id))) for e in found)
-
-
-def _listing(repo: pygit2.Repository, tree: str) -> dict[str, _File]:
-    return dict(_listing_cached(repo, tree))
 
 
 def _refuse_local_changes(campaign: Campaign, changes: _Changes, worktree: bool) -> None:

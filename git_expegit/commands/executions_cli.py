@@ -20,8 +20,6 @@ from git_expegit.errors import ExpegitError
 
 def new(cwd: Path, commit: str | None, params: list[str], expression: str | None,
         repeat: int, profile: str | None, dry_run: bool, push: bool, verbose: bool) -> int:
-    if repeat < 1:
-        raise ExpegitError("--repeat needs a number of at least 1", ExitCode.USAGE)
     if expression is None:
         strings = [parameters.join(params)] * repeat
     else:
