@@ -6,6 +6,7 @@ out. The sshd is started by `.ci/services.sh`, which exports EXPEGIT_TEST_SSH_CO
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import shutil
@@ -77,6 +78,37 @@ def ssh_profile(ssh_host: str, home: Path) -> str:
                   host_directory=f"~/runaway-tests/{uuid.uuid4().hex[:12]}",
                   execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
     return "ssh"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where `git runaway` runs in a test: the profile, and its host_directory seen from
+    here (the sshd is on this machine)."""
+
+    profile: str
+    host_directory: Path
+
+
+@pytest.fixture(params=["local", "ssh"])
+def target(request: pytest.FixtureRequest, home: Path) -> Target:
+    """Each runaway test twice: on the built-in `local`, and on the real sshd."""
+    if request.param == "local":
+        return Target("local", home / ".cache" / "runaway")
+    host = request.getfixturevalue("ssh_host")
+    name = uuid.uuid4().hex[:12]
+    write_profile(home / ".config" / "runaway", "ssh", ssh_config=host,
+                  host_directory=f"~/runaway-tests/{name}",
+                  execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
+    return Target("ssh", ssh_user_home() / "runaway-tests" / name)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """The folder runaway sends; readable by the sshd's user, as a home folder is."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    os.chmod(tmp_path, 0o755)
+    return folder
 
 
 def ssh_user_home() -> Path:

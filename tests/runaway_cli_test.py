@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import signal
@@ -15,36 +14,11 @@ import pytest
 
 from git_runaway.errors import FAILED
 from git_runaway.errors import ExitCode
+from tests.conftest import Target
 from tests.conftest import runaway
 from tests.conftest import script
 from tests.conftest import ssh_user_home
 from tests.conftest import write_profile
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    profile: str
-    host_directory: Path  # where the profile's host_directory is, seen from here
-
-
-@pytest.fixture(params=["local", "ssh"])
-def target(request: pytest.FixtureRequest, home: Path) -> Target:
-    if request.param == "local":
-        return Target("local", home / ".cache" / "runaway")
-    host = request.getfixturevalue("ssh_host")
-    name = uuid.uuid4().hex[:12]
-    write_profile(home / ".config" / "runaway", "ssh", ssh_config=host,
-                  host_directory=f"~/runaway-tests/{name}",
-                  execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
-    return Target("ssh", ssh_user_home() / "runaway-tests" / name)
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    os.chmod(tmp_path, 0o755)
-    return folder
 
 
 def test_output_and_exit_code_are_the_scripts(target: Target, work: Path):

@@ -21,14 +21,6 @@ from tests.conftest import script
 from tests.conftest import write_profile
 
 
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    os.chmod(tmp_path, 0o755)
-    return folder
-
-
 def one_line(done: subprocess.CompletedProcess[str], pattern: str) -> None:
     """runaway failed as itself: exit 255, nothing on stdout, one line matching `pattern`."""
     assert (done.returncode, done.stdout) == (FAILED, ""), done.stderr

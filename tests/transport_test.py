@@ -21,34 +21,14 @@ from git_runaway import profiles
 from git_runaway.errors import ExitCode
 from git_runaway.execution import Job
 from git_runaway.execution import Runaway
+from tests.conftest import Target
 from tests.conftest import git
 from tests.conftest import runaway
 from tests.conftest import script
 from tests.conftest import ssh_user_home
 from tests.conftest import write_profile
-from tests.runaway_cli_test import Target
 
 RUN_FOLDER = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-@pytest.fixture(params=["local", "ssh"])
-def target(request: pytest.FixtureRequest, home: Path) -> Target:
-    if request.param == "local":
-        return Target("local", home / ".cache" / "runaway")
-    host = request.getfixturevalue("ssh_host")
-    name = uuid.uuid4().hex[:12]
-    write_profile(home / ".config" / "runaway", "ssh", ssh_config=host,
-                  host_directory=f"~/runaway-tests/{name}",
-                  execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
-    return Target("ssh", ssh_user_home() / "runaway-tests" / name)
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    os.chmod(tmp_path, 0o755)
-    return folder
 
 
 def run_folders(host: Path) -> list[Path]:
