@@ -12,8 +12,10 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
 import pygit2
@@ -68,15 +70,19 @@ def experiment_commit(campaign: Campaign, revision: str | None) -> str:
 
 
 def create(campaign: Campaign, commit: str, parameters: Sequence[str], profile: str | None,
-           place_code: bool = False) -> list[ExecutionId]:
+           place_code: bool = False, batch: str | None = None, queued: bool = False,
+           request: str | None = None) -> list[ExecutionId]:
     """New executions of `commit`, one per parameter string, each created by its own commit,
-    all published at once."""
+    all published at once. With `queued`, each is also queued for this clone to run (see
+    queue.py); `request` is the key of the batch request they expand (see requests.py)."""
     parameters = [text.strip() for text in parameters]
     for text in parameters:
         _check(Trailer.PARAMETERS, text)
     _check(Trailer.PROFILE, profile)
+    _check(Trailer.NAME, batch)
     generator = f"{getpass.getuser()}@{socket.gethostname()}"
-    batch = str(uuid.uuid4()) if len(parameters) > 1 else None
+    if batch is None and len(parameters) > 1:
+        batch = str(uuid.uuid4())
     ids: list[ExecutionId] = []
     with transaction.begin(campaign) as tx:
         template = _template(tx.store)
@@ -87,9 +93,12 @@ def create(campaign: Campaign, commit: str, parameters: Sequence[str], profile: 
                 Trailer.EXECUTION: execution, Trailer.COMMIT: commit,
                 Trailer.PARAMETERS: text, Trailer.PROFILE: profile}))
             tx.texts[str(creation)] = ""  # a new commit has no note to read yet
-            tx.log(str(creation), "created", by=generator, commit=commit[:12], batch=batch)
+            tx.log(str(creation), "created", by=generator, commit=commit[:12], batch=batch,
+                   request=request)
+            if queued:
+                tx.log(str(creation), "queued", owner=tx.clone, attempt=1)
             ids.append(execution)
-        tx.publish("exec new")
+        tx.publish("exec new" if not queued else "jobs run")
         if place_code:
             for execution in ids:
                 write_code(campaign, commit, campaign.root / folder(execution))
@@ -118,50 +127,89 @@ class Finished:
     outside: list[str]  # files the run created outside data/: not kept
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a run ended, for finish_many."""
+
+    execution: Execution
+    exit_code: int | None
+    failed: bool = False  # failed whatever the exit code: a timeout, runaway's own failure
+    fields: Mapping[str, object] = field(default_factory=dict)  # host=, duration=, reason=
+
+
 def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> Finished:
     """Commit the execution's results (data/, data/lfs/ through LFS, the logs), record its
     end in the notes, then drop the experiment code from its folder."""
-    path = folder(execution.id)
+    return finish_many(campaign, [Ending(execution, exit_code)], strict=True)[execution.id]
+
+
+def finish_many(campaign: Campaign, endings: Sequence[Ending],
+                strict: bool = False) -> dict[ExecutionId, Finished]:
+    """Finish several executions in one transaction: one ref move for all. With `strict`,
+    one that cannot be finished fails them all; without, it is left out (removed or
+    finished meanwhile, a git repository among its results) and missing from the answer."""
     git.require_lfs(campaign.root, campaign.repo)
+    done: dict[ExecutionId, Finished] = {}
     with transaction.begin(campaign) as tx:
-        _refuse_done(tx, execution)  # under the lock: another finish may have won
-        _refuse_repositories(campaign.root, path)
-        outside = _created_outside(campaign, execution)
-        results = _add_results(tx, path)
-        _refuse_tracked_changes(tx, path, results)
-        tx.set_folder(execution.id, results)
-        status = record.State.FINISHED if exit_code in (0, None) else record.State.FAILED
-        tx.commit(record.message(f"Finish execution {execution.id[:8]}", {
-            Trailer.EXECUTION: execution.id, Trailer.STATUS: status,
-            Trailer.EXIT_CODE: "unknown" if exit_code is None else str(exit_code)}))
-        shown = outside[:_OUTSIDE_NAMES] + ([f"+{len(outside) - _OUTSIDE_NAMES}"]
-                                            if len(outside) > _OUTSIDE_NAMES else [])
-        tx.log(execution.creation, status, exit=exit_code, lost=",".join(shown) or None)
+        chosen = []
+        for ending in endings:
+            try:
+                _refuse_done(tx, ending.execution)  # under the lock: another may have won
+                _refuse_repositories(campaign.root, folder(ending.execution.id))
+            except ExpegitError:
+                if strict:
+                    raise
+                continue
+            chosen.append(ending)
+        if not chosen:
+            return done
+        trees = _add_results(tx, [folder(e.execution.id) for e in chosen])
+        for ending in chosen:
+            execution, path = ending.execution, folder(ending.execution.id)
+            _refuse_tracked_changes(tx, path, trees[path])
+            outside = _created_outside(campaign, execution)
+            tx.set_folder(execution.id, trees[path])
+            status = (record.State.FAILED if ending.failed or ending.exit_code not in (0, None)
+                      else record.State.FINISHED)
+            tx.commit(record.message(f"Finish execution {execution.id[:8]}", {
+                Trailer.EXECUTION: execution.id, Trailer.STATUS: status,
+                Trailer.EXIT_CODE: "unknown" if ending.exit_code is None
+                else str(ending.exit_code)}))
+            shown = outside[:_OUTSIDE_NAMES] + ([f"+{len(outside) - _OUTSIDE_NAMES}"]
+                                                if len(outside) > _OUTSIDE_NAMES else [])
+            tx.log(execution.creation, status, exit=ending.exit_code,
+                   lost=",".join(shown) or None, **ending.fields)
+            done[execution.id] = Finished(status, outside)
         tx.publish("finish", worktree=False)
-    _drop_code(campaign, path)
-    return Finished(status, outside)
+    for ending in chosen:
+        _drop_code(campaign, folder(ending.execution.id))
+    return done
 
 
-def _add_results(tx: transaction.Transaction, path: str) -> pygit2.Oid:
-    """Stage the results in the transaction's private index; the folder's tree."""
+def _add_results(tx: transaction.Transaction, paths: Sequence[str]) -> dict[str, pygit2.Oid]:
+    """Stage the results in the transaction's private index; each folder's tree."""
     root = tx.campaign.root
     # --force: results must not be lost to the user's own ignore rules (a global `*.log`);
     # the folder's .gitignore already keeps the code out.
-    results = [f"{path}/{name}" for name in KEPT[1:] if (root / path / name).exists()]
+    results = [f"{path}/{name}" for path in paths for name in KEPT[1:]
+               if (root / path / name).exists()]
     add = ["-c", "filter.lfs.required=true", "add", "-A", "--force", "--"]
-    git.run([*add, *results], root, env={"GIT_INDEX_FILE": str(tx.private_index())},
-            what="adding the results")
-    tx.staged.add(path)
-    # The folder's tree, from an index of this folder alone: `write-tree` on the whole
+    if results:
+        git.run([*add, *results], root, env={"GIT_INDEX_FILE": str(tx.private_index())},
+                what="adding the results")
+    else:
+        tx.private_index()
+    tx.staged.update(paths)
+    # The folders' trees, from an index of these folders alone: `write-tree` on the whole
     # index would read and write all of it once more (a quarter second at 50,000).
     alone = tx.campaign.state_dir / "folder.index"
     alone.unlink(missing_ok=True)
     env = {"GIT_INDEX_FILE": str(alone)}
     try:
-        own = [f"{path}/.gitignore"] if (root / path / ".gitignore").exists() else []
+        own = [f"{path}/.gitignore" for path in paths if (root / path / ".gitignore").exists()]
         git.run([*add, *own, *results], root, env=env, what="adding the results")
-        return pygit2.Oid(hex=git.run(["write-tree", f"--prefix={path}/"], root,
-                                      env=env).strip())
+        return {path: pygit2.Oid(hex=git.run(["write-tree", f"--prefix={path}/"], root,
+                                             env=env).strip()) for path in paths}
     finally:
         alone.unlink(missing_ok=True)
 
@@ -259,6 +307,30 @@ def reset(campaign: Campaign, execution: Execution) -> None:
         tx.publish("exec reset")
         _drop_code(campaign, path, keep=(".gitignore", "data"))
         write_code(campaign, execution.commit, campaign.root / path)
+
+
+def check_profile(profile: str) -> None:
+    _check(Trailer.PROFILE, profile)
+
+
+def requeue(campaign: Campaign, chosen: Sequence[Execution], profile: str | None,
+            attempts: Mapping[ExecutionId, int]) -> list[ExecutionId]:
+    """Queue executions again for this clone, in one transaction: a finished or failed one
+    gets its new folder (the history keeps its results), all get `queued` (see queue.py)."""
+    with transaction.begin(campaign) as tx:
+        for execution in chosen:
+            if folder(execution.id) not in tx.head.tree:
+                raise ExpegitError(f"execution {execution.id[:8]} was removed",
+                                   ExitCode.INPUT)
+            if execution.state in record.DONE:
+                tx.set_folder(execution.id, _template(tx.store))
+                tx.commit(record.message(f"Reschedule execution {execution.id[:8]}", {
+                    Trailer.EXECUTION: execution.id, Trailer.STATUS: "reset"}))
+                tx.log(execution.creation, "reset")
+            tx.log(execution.creation, "queued", owner=tx.clone,
+                   attempt=attempts[execution.id], profile=profile)
+        tx.publish("jobs reschedule")
+    return [e.id for e in chosen]
 
 
 def remove(campaign: Campaign, execution: Execution, force: bool = False) -> None:

@@ -16,6 +16,15 @@ Usage:
   git expegit status
   git expegit list [--state=S] [--profile=P] [--grep=TEXT] [--commit=C] [--format=F]
   git expegit show [ID]
+  git expegit [-v] jobs run [options] PROFILE [COMMIT] [EXPR]
+  git expegit [-v] jobs wait [--name=NAME]
+  git expegit [-v] jobs reschedule [-p] [--profile=P] (--failed | --name=NAME | IDS...)
+  git expegit [-v] jobs delete [-p] IDS...
+  git expegit logs [-f] ID
+  git expegit [-v] hooks install [--experiment=PATH]
+  git expegit [-v] hooks uninstall [--experiment=PATH]
+  git expegit hooks post-commit
+  git expegit [-v] agent (start | stop | status | run)
   git expegit -h | --help
   git expegit --version
 
@@ -49,6 +58,22 @@ Commands:
   status         Count the executions in each state.
   list           One line per execution (or --format=json), oldest first.
   show           An execution's parameters, commit, life and files.
+  jobs run       Create a batch of COMMIT (default, or "": the pinned commit) with the
+                 parameter expression EXPR (as --sweep; none: one run without parameters),
+                 queue it for this clone and run it on PROFILE, showing progress; each run
+                 is finished as it ends and the campaign synced at the end. Exits 0 only if
+                 every execution succeeded.
+  jobs wait      Wait until this clone's queue (or batch NAME) is done, showing progress.
+  jobs reschedule  Queue executions again, here, as a new attempt (their history stays).
+  jobs delete    Cancel executions that are queued or running here, and remove them.
+  logs           An execution's stdout and stderr; with -f, follow them while it runs.
+  hooks install  Install the post-commit hook: a commit with the trailers Expegit-Sweep
+                 and Expegit-Profile (Expegit-Commit, Expegit-Repeat, Expegit-Name
+                 optional) queues that batch for the agent. --experiment PATH: in your
+                 own clone of the experiment too, where such a commit also pins the
+                 campaign to it.
+  agent          The background process that runs this clone's queue: start, stop,
+                 status, or run in the foreground.
 
 Options:
   -v, --verbose       Say what expegit does, on stderr, and all that a failed git
@@ -66,6 +91,16 @@ Options:
   --grep=TEXT         Only executions whose parameters contain TEXT.
   --commit=C          Only executions of experiment commits starting with C.
   --format=F          table or json [default: table].
+  -w N, --workers=N   Runs at a time [default: the profile's concurrency, else the
+                      number of CPUs for local and 8 for a host].
+  --name=NAME         The batch's name (default: generated from the time).
+  --new-only          Skip the parameter strings that already finished on this commit.
+  --retries=N         Run again up to N times a run that runaway itself lost
+                      (connection, upload), never a failing script [default: 2].
+  --detach            Queue the batch for this clone's agent and return at once.
+  --failed            Every failed execution.
+  -f, --follow        Keep printing what the run writes until it ends.
+  --experiment=PATH   Your own clone of the experiment.
   -h, --help          Show this text.
   --version           Print the version of git expegit.
 
@@ -101,11 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # The usage says `git expegit ...`: docopt reads "git" as the program and
         # "expegit" as a command.
-        values = docopt(__doc__, argv=["expegit", *raw])
+        values = docopt(__doc__, argv=["expegit", *_before_dashes(raw)])
     except DocoptExit:
         return fail("invalid command line; see git expegit -h", ExitCode.USAGE)
     if values["new"] and "--" in raw:  # docopt drops a literal `--` among the PARAMS
         values["PARAMS"] = raw[raw.index("--") + 1:]
+    if values["jobs"] and values["run"] and "--" in raw:  # an EXPR that starts with --
+        after = raw[raw.index("--") + 1:]
+        if len(after) != 1 or values["EXPR"] is not None:
+            return fail("jobs run takes one EXPR after --; see git expegit -h", ExitCode.USAGE)
+        values["EXPR"] = after[0]
     args = Args(values, Path.cwd())
     try:
         code = _command(args)(args)
@@ -129,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         return fail("internal error (a bug): please report the traceback above",
                     ExitCode.INTERNAL)
+
+
+def _before_dashes(raw: list[str]) -> list[str]:
+    """`jobs run PROFILE [COMMIT] -- EXPR`: docopt would read an EXPR that starts with `--`
+    as an option, so it sees only what comes before."""
+    if raw[:2] == ["jobs", "run"] and "--" in raw:
+        return raw[:raw.index("--")]
+    return raw
 
 
 def _closed_pipe() -> int:
@@ -273,7 +321,32 @@ def _remove(a: Args) -> int:
                                  a.flag("--verbose"))
 
 
+def _jobs(a: Args) -> int:
+    from git_expegit.commands import jobs_cli
+
+    return jobs_cli.dispatch(a)
+
+
+def _logs(a: Args) -> int:
+    from git_expegit.commands import logs_cli
+
+    return logs_cli.logs(a.cwd, str(a.opt("ID")), a.flag("--follow"))
+
+
+def _hooks(a: Args) -> int:
+    from git_expegit.commands import hooks_cli
+
+    return hooks_cli.dispatch(a)
+
+
+def _agent(a: Args) -> int:
+    from git_expegit.commands import agent_cli
+
+    return agent_cli.dispatch(a)
+
+
 _COMMANDS: dict[str, Handler] = {
+    "jobs": _jobs, "logs": _logs, "hooks": _hooks, "agent": _agent,
     "init": _init, "clone": _clone, "new": _new, "params": _params, "run": _run,
     "finish": _finish, "reset": _reset, "remove": _remove, "update-expe": _update_expe,
     "sync": _sync, "status": _status, "list": _list, "show": _show, "--version": _version,

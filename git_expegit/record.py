@@ -177,6 +177,10 @@ class Trailer(enum.StrEnum):
     PROFILE = "Expegit-Profile"
     STATUS = "Expegit-Status"
     EXIT_CODE = "Expegit-Exit-Code"
+    # A batch request, in a commit of the campaign or of the experiment (see requests.py).
+    SWEEP = "Expegit-Sweep"
+    REPEAT = "Expegit-Repeat"
+    NAME = "Expegit-Name"
 
 
 def message(subject: str, trailers: Mapping[Trailer, str | None]) -> str:
@@ -194,6 +198,9 @@ def check_value(key: str, value: str) -> None:
     what = _WHAT.get(key, key)
     if key == Trailer.PROFILE and not PROFILE_NAME.fullmatch(value):
         raise RecordError(f"invalid profile name {value[:120]!r}: use up to 100 letters, "
+                          "digits, '.', '_' and '-', starting with a letter or digit")
+    if key == Trailer.NAME and not PROFILE_NAME.fullmatch(value):
+        raise RecordError(f"invalid batch name {value[:120]!r}: use up to 100 letters, "
                           "digits, '.', '_' and '-', starting with a letter or digit")
     if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
         raise RecordError(f"{what} cannot hold a newline or a control character: {value!r}")
