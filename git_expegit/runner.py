@@ -37,3 +37,29 @@ class Summary:
     finished: list[ExecutionId] = field(default_factory=list)
     failed: list[tuple[ExecutionId, str]] = field(default_factory=list)  # (id, why)
     queued: list[ExecutionId] = field(default_factory=list)  # left queued (Ctrl-C)
+
+
+class Runner:
+    """Runs queued executions of this clone through runaway; one per clone at a time (the
+    caller holds queue.runner_lock)."""
+
+    def __init__(self, campaign: object, listen: Listener | None = None,
+                 workers: int | None = None, retries: int = 2,
+                 log: Callable[[str], None] | None = None) -> None:
+        raise NotImplementedError
+
+    async def run(self, select: Select) -> Summary:
+        """Recover the claims a dead runner left, then run what `select()` gives (read again
+        when a run ends, or on poke()) until nothing is left and nothing runs. Records and
+        finishes in batches; does not sync (the caller does)."""
+        raise NotImplementedError
+
+    def poke(self) -> None:
+        """The queue changed: read select() again."""
+
+    def stop_launching(self) -> None:
+        """No new run starts; the running ones end as they would (a first Ctrl-C)."""
+
+    def cancel(self) -> None:
+        """Stop the running scripts; their results are still fetched and they are recorded
+        failed, reason=cancelled (a second Ctrl-C)."""
