@@ -202,7 +202,8 @@ class Runaway:
                                "it must be sent to run", ExitCode.USAGE)
         self._log(f"packed {len(package.files)} entries ({package.size} bytes, "
                   f"sha256 {package.digest[:12]})")
-        commit = await asyncio.to_thread(_commit, job.folder)
+        commit = (job.environment.get("RUNAWAY_COMMIT")  # the caller knows it
+                  or await asyncio.to_thread(_commit, job.folder))
         host = await self.host(profile)
         root = await self.root(host, profile)
         run_id = _run_id(job)
