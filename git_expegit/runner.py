@@ -174,8 +174,8 @@ class Runner:
                 await self._recover()
                 while True:
                     self._wakeup.clear()
-                    pending = await asyncio.to_thread(select) if self._launching else []
-                    for execution in self._launchable(pending):
+                    pending = await asyncio.to_thread(select)
+                    for execution in self._launchable(pending) if self._launching else ():
                         task = asyncio.ensure_future(self._one(execution))
                         tasks.add(task)
                         task.add_done_callback(self._ended_task(tasks))
