@@ -43,7 +43,8 @@ GITIGNORE = (b"# Added by git expegit: only results are committed; the code is d
 LFS_ATTRIBUTES = (b"* filter=lfs diff=lfs merge=lfs -text\n"
                   b".gitattributes -filter -diff -merge text\n")
 # What an execution's folder holds besides the code: everything else a run creates is lost.
-KEPT = (".gitignore", "data", "stdout", "stderr")
+# environment.txt: the output of the profile's `record:` commands (git_runaway's RECORD).
+KEPT = (".gitignore", "data", "stdout", "stderr", "environment.txt")
 # How many names of files created outside data/ a note records.
 _OUTSIDE_NAMES = 20
 

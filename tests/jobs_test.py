@@ -237,3 +237,59 @@ def test_a_run_without_parameters_keeps_its_profile(campaign: Path) -> None:
     expegit("jobs", "run", "local", cwd=campaign)
     [e] = _listing(campaign)
     assert (e["state"], e["profile"], e["parameters"]) == ("finished", "local", "")
+
+
+def test_a_profiles_record_commands_are_kept_with_the_results(campaign: Path,
+                                                              home: Path) -> None:
+    write_profile(home / ".config" / "runaway", "described", host_directory="~/.cache/d",
+                  execution=["$SCRIPT_NAME $SCRIPT_ARGS"],
+                  record=["echo versions $((40 + 2))", "false"])
+    expegit("jobs", "run", "described", "", "--a=1", cwd=campaign)
+    [e] = _listing(campaign)
+    assert e["state"] == "finished"  # a failing record command does not fail the run
+    text = git("show", f"HEAD:{e['folder']}/environment.txt", cwd=campaign)
+    assert text == "$ echo versions $((40 + 2))\nversions 42\n$ false\n"
+
+
+def test_an_unreachable_remote_leaves_the_results_committed_here(
+        campaign: Path, tmp_path: Path) -> None:
+    os.rename(tmp_path / "campaign.git", tmp_path / "moved.git")
+    done = expegit("jobs", "run", "local", "", "a;b", cwd=campaign)
+    assert "not synced" in done.stderr and "git expegit sync" in done.stderr
+    assert [e["state"] for e in _listing(campaign)] == ["finished", "finished"]
+    os.rename(tmp_path / "moved.git", tmp_path / "campaign.git")
+    expegit("sync", cwd=campaign)
+    assert git("rev-parse", "main", cwd=tmp_path / "campaign.git") == git(
+        "rev-parse", "HEAD", cwd=campaign)
+
+
+def test_reschedule_queues_failed_ones_again_as_a_new_attempt(
+        campaign: Path, experiment: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "pass"
+    _commit_run(experiment, tmp_path, f'test -e {flag} || exit 5; mkdir -p data; '
+                                      'echo ok > data/r\n')
+    _pin(campaign)
+    assert expegit("jobs", "run", "local", "", "x;y", cwd=campaign, check=False).returncode == 1
+    first = _listing(campaign)
+    assert [e["state"] for e in first] == ["failed", "failed"]
+    flag.touch()
+    expegit("jobs", "reschedule", "--failed", cwd=campaign)
+    assert [e["state"] for e in _listing(campaign)] == ["queued", "queued"]
+    done = subprocess.run([sys.executable, "-c", RESUME], cwd=campaign, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.split() == ["2", "0"], done.stderr
+    for e in _listing(campaign):
+        assert e["state"] == "finished"
+        assert [line.split("attempt=")[1].split()[0] for line in _events(e, "running")] == [
+            "1", "2"]
+        # The first attempt's logs stay in the history.
+        assert git("log", "--format=%s", "--", f"{e['folder']}/stderr", cwd=campaign)
+
+
+def test_delete_removes_queued_executions(campaign: Path) -> None:
+    done = expegit("jobs", "run", "--detach", "local", "", "a;b", cwd=campaign,
+                   env={**os.environ, "EXPEGIT_AGENT": "off"})
+    ids = [str(e["id"]) for e in _listing(campaign)]
+    assert [e["state"] for e in _listing(campaign)] == ["queued", "queued"], done.stderr
+    expegit("jobs", "delete", ids[0][:8], cwd=campaign)
+    assert [e["id"] for e in _listing(campaign)] == [ids[1]]
