@@ -93,7 +93,7 @@ def test_more_executions_than_announced_grow_the_total() -> None:
 def test_a_closed_pipe_makes_it_quiet_not_crash() -> None:
     read, write = os.pipe()
     os.close(read)
-    stream = open(write, "w")  # noqa: SIM115
+    stream = open(write, "w")
     with Display(2, stream=stream) as display:
         display.change(Change(IDS[0], "", State.RUNNING))
         display.change(Change(IDS[0], "", State.FAILED, "exit 1"))
