@@ -133,3 +133,16 @@ def test_follow_prints_what_the_run_writes_until_it_finishes(campaign: Path) -> 
     assert out_ == b"step 1\nstep 2\nlast words\n"
     assert err == b"a warning\n"
     assert git("log", "-1", "--format=%s", cwd=campaign).startswith("Finish execution")
+
+
+def test_a_reader_that_goes_away_ends_it_quietly(campaign: Path) -> None:
+    folder = campaign / expegit("exec", "new", cwd=campaign).stdout.strip()
+    (folder / "stdout").write_bytes(b"line\n" * 400_000)  # far more than a pipe holds
+    expegit("finish", cwd=folder)
+    process = subprocess.Popen(["git", "expegit", "logs", folder.name], cwd=campaign,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(5) == b"line\n"
+    process.stdout.close()  # as `| head -1` does
+    assert process.wait(timeout=60) == 141  # as git does: killed by SIGPIPE
+    assert process.stderr.read() == b""

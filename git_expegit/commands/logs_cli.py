@@ -47,9 +47,8 @@ def logs(cwd: Path, prefix: str, follow: bool) -> int:
         if data:
             out = _stream(name)
             if out.isatty():
-                out.write(f"==> {execution.folder}/{name} <==\n".encode())
-            out.write(data if data.endswith(b"\n") or not out.isatty() else data + b"\n")
-            out.flush()
+                _write(out, f"==> {execution.folder}/{name} <==\n".encode())
+            _write(out, data if data.endswith(b"\n") or not out.isatty() else data + b"\n")
             shown = True
     if not shown:
         print(f"expegit: execution {execution.id[:8]} has no output ({execution.state})",
@@ -59,6 +58,15 @@ def logs(cwd: Path, prefix: str, follow: bool) -> int:
 
 def _stream(name: str) -> BinaryIO:
     return sys.stdout.buffer if name == "stdout" else sys.stderr.buffer
+
+
+def _write(out: BinaryIO, data: bytes) -> None:
+    """All of `data`: a large write can be cut short (a closed pipe answers the next one
+    with BrokenPipeError, which main turns into a quiet exit)."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) or 0:]
+    out.flush()
 
 
 def _read(found: Campaign, execution: Execution, name: str) -> bytes:
@@ -98,8 +106,7 @@ class _Tail:
             return
         if data:
             self.offset += len(data)
-            self.out.write(data)
-            self.out.flush()
+            _write(self.out, data)
 
 
 def _follow(found: Campaign, execution: Execution, cwd: Path) -> int:
@@ -122,9 +129,7 @@ def _follow(found: Campaign, execution: Execution, cwd: Path) -> int:
     for tail in tails:  # what the run wrote last, before its end was recorded
         tail.pump()
         if not tail.path.exists():  # not in the work tree: as committed
-            data = _read(found, execution, tail.path.name)[tail.offset:]
-            tail.out.write(data)
-            tail.out.flush()
+            _write(tail.out, _read(found, execution, tail.path.name)[tail.offset:])
     return 0
 
 
