@@ -22,13 +22,11 @@ from git_expegit import campaign as campaigns
 from git_expegit import catalog
 from git_expegit import executions
 from git_expegit import queue
-from git_expegit.commands import wait_cli
 from git_expegit.commands.progress import Display
-from git_expegit.errors import ExitCode
-from git_expegit.errors import ExpegitError
 from git_expegit.record import ExecutionId
 from git_expegit.record import State
 from git_expegit.runner import Change
+from tests.conftest import expegit
 from tests.conftest import snapshot
 
 IDS = [ExecutionId(f"{i:08x}-0000-4000-8000-000000000000") for i in range(1, 5)]
@@ -165,21 +163,27 @@ def _queue(root: Path, count: int, name: str) -> list[catalog.Execution]:
     return [by_id[eid] for eid in batch.ids]
 
 
-def test_wait_on_an_empty_queue_returns_at_once(campaign: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_wait_on_an_empty_queue_returns_at_once(campaign: Path) -> None:
     started = time.monotonic()
-    assert wait_cli.wait(campaign, None) == 0
-    assert time.monotonic() - started < 5
-    assert "nothing queued or running" in capsys.readouterr().err
+    result = expegit("jobs", "wait", cwd=campaign)
+    assert time.monotonic() - started < 10
+    assert "nothing queued or running" in result.stderr
 
 
 def test_wait_for_an_unknown_batch_is_bad_input(campaign: Path) -> None:
     _queue(campaign, 1, "known")
     before = snapshot(campaign)
-    with pytest.raises(ExpegitError, match="no batch named 'other'") as error:
-        wait_cli.wait(campaign, "other")
-    assert error.value.code == ExitCode.INPUT
+    result = expegit("jobs", "wait", "--name", "other", cwd=campaign, check=False)
+    assert result.returncode == 4
+    assert result.stderr == "expegit: no batch named 'other' in this campaign: see git " \
+        "expegit list\n"
     assert snapshot(campaign) == before
+    # A batch that this clone does not run (here: queued for no clone).
+    found = campaigns.find(campaign)
+    executions.create(found, executions.experiment_commit(found, None), ["--b 1"], None,
+                      batch="elsewhere")
+    result = expegit("jobs", "wait", "--name", "elsewhere", cwd=campaign, check=False)
+    assert result.returncode == 4 and "no execution queued in this clone" in result.stderr
 
 
 class Waiting:
