@@ -95,7 +95,11 @@ def profile_of(execution: Execution) -> str | None:
 
 
 def batch_of(execution: Execution) -> str | None:
-    return execution.field("batch")
+    """The batch it was created in (a reschedule's reset does not change it)."""
+    for event in record.events(execution.log):
+        if event.kind == "created":
+            return event.field("batch")
+    return None
 
 
 def owner_of(execution: Execution) -> str | None:

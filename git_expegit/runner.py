@@ -142,6 +142,10 @@ class Runner:
 
     # Control ----------------------------------------------------------------------------------
 
+    @property
+    def launching(self) -> bool:
+        return self._launching
+
     def poke(self) -> None:
         """The queue changed: read select() again."""
         if self._wakeup is not None:
