@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from git_expegit.errors import Busy
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
@@ -76,14 +77,14 @@ def update_refs(cwd: Path, moves: Mapping[str, tuple[str | None, str | None]],
         # Only a ref that is not where it was read is a race; a full disk or a read-only
         # repository is reported as what it is.
         if "but expected" in e.detail or "reference already exists" in e.detail:
-            raise ExpegitError("someone changed the repository at the same time (a ref moved "
-                               "while this was built): nothing was changed; retry",
-                               ExitCode.GIT, e.detail) from None
+            raise Busy("someone changed the repository at the same time (a ref moved "
+                       "while this was built): nothing was changed; retry",
+                       ExitCode.GIT, e.detail) from None
         busy = re.search(r"Unable to create '([^']+\.lock)': File exists", e.detail)
         if busy:
-            raise ExpegitError(f"{busy[1]} exists: another git command is moving that ref; "
-                               f"if none is, one died there: remove {busy[1]} and retry "
-                               "(nothing was changed)", ExitCode.GIT, e.detail) from None
+            raise Busy(f"{busy[1]} exists: another git command is moving that ref; "
+                       f"if none is, one died there: remove {busy[1]} and retry "
+                       "(nothing was changed)", ExitCode.GIT, e.detail) from None
         raise ExpegitError(f"{e}; nothing was changed", ExitCode.GIT, e.detail) from None
 
 

@@ -69,8 +69,8 @@ def enqueue(campaign: Campaign, commit: str, strings: Sequence[str], profile: st
     skipped = len(strings) - len(chosen)
     if not chosen:
         return Batch(name, [], skipped)
-    ids = executions.create(campaign, commit, chosen, profile, batch=name, queued=True,
-                            request=request)
+    ids = transaction.retried(lambda: executions.create(
+        campaign, commit, chosen, profile, batch=name, queued=True, request=request))
     wake(campaign)
     return Batch(name, ids, skipped)
 

@@ -33,6 +33,7 @@ from git_expegit import executions
 from git_expegit import parameters
 from git_expegit import placement
 from git_expegit import queue
+from git_expegit import transaction
 from git_expegit.campaign import Campaign
 from git_expegit.catalog import Execution
 from git_expegit.errors import ExitCode
@@ -503,5 +504,9 @@ class _Recorder:
 
     def _write(self, events: list[tuple[Execution, str, dict[str, object]]],
                ends: list[Ending]) -> dict[ExecutionId, executions.Finished]:
-        queue.record_events(self._campaign, events)
-        return executions.finish_many(self._campaign, ends) if ends else {}
+        transaction.retried(lambda: queue.record_events(self._campaign, events))
+        if not ends:
+            return {}
+        return transaction.retried(lambda: executions.finish_many(self._campaign, ends))
+
+

@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import TypeVar
 
 import pygit2
 
@@ -45,6 +47,7 @@ from git_expegit import record
 from git_expegit.campaign import EXECUTIONS
 from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
+from git_expegit.errors import Busy
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 from git_expegit.objects import GITLINK
@@ -185,6 +188,24 @@ def begin(campaign: Campaign) -> Iterator[Transaction]:
         finally:
             if tx._index is not None:  # never published: the private index goes
                 tx._index.unlink(missing_ok=True)
+
+
+T = TypeVar("T")
+# A user's own `git commit` can win the race for the branch, or hold the index a moment:
+# the change is built again on what they made, for up to about a minute.
+_BUSY_RETRIES = 40
+
+
+def retried(write: Callable[[], T]) -> T:
+    """Run `write` (a whole transaction) again while another writer gets in its way."""
+    for attempt in range(_BUSY_RETRIES):
+        try:
+            return write()
+        except Busy:
+            if attempt == _BUSY_RETRIES - 1:
+                raise
+            time.sleep(min(0.05 * 2 ** attempt, 2.0))
+    raise AssertionError("unreachable")
 
 
 # The publish protocol -------------------------------------------------------------------------
@@ -414,9 +435,9 @@ def _take_index_lock(campaign: Campaign) -> None:
             raise ExpegitError(f"cannot write in {campaign.git_dir} ({e.strerror}): nothing "
                                "was changed", ExitCode.GIT) from None
     else:
-        raise ExpegitError(f"{lock} exists: another git command is running in this "
-                           "repository; if none is, a git command died there: remove "
-                           f"{lock} and retry", ExitCode.DIRTY)
+        raise Busy(f"{lock} exists: another git command is running in this "
+                   "repository; if none is, a git command died there: remove "
+                   f"{lock} and retry", ExitCode.DIRTY)
     try:
         os.write(fd, LOCK_MARK)
     finally:

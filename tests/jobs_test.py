@@ -293,3 +293,32 @@ def test_delete_removes_queued_executions(campaign: Path) -> None:
     assert [e["state"] for e in _listing(campaign)] == ["queued", "queued"], done.stderr
     expegit("jobs", "delete", ids[0][:8], cwd=campaign)
     assert [e["id"] for e in _listing(campaign)] == [ids[1]]
+
+
+def test_user_commits_during_a_batch_all_land_and_nothing_is_corrupted(
+        campaign: Path, experiment: Path, tmp_path: Path) -> None:
+    _commit_run(experiment, tmp_path, "sleep 0.2; mkdir -p data; echo \"$1\" > data/r\n")
+    _pin(campaign)
+    process = subprocess.Popen(["git-expegit", "jobs", "run", "-w", "4", "local", "",
+                                "--i=range(24)"], cwd=campaign, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    made, refused = [], 0
+    while process.poll() is None or len(made) < 5:
+        message = f"user note {len(made)}"
+        (campaign / "notes.txt").write_text(message + "\n")
+        add = subprocess.run(["git", "add", "notes.txt"], cwd=campaign, capture_output=True)
+        commit = subprocess.run(["git", "commit", "-qm", message], cwd=campaign,
+                                capture_output=True, text=True)
+        if add.returncode == 0 and commit.returncode == 0:
+            made.append(message)
+        else:  # another git writer held the index: retry, as with any two writers
+            assert "index.lock" in commit.stderr + add.stderr.decode(), commit.stderr
+            refused += 1
+        time.sleep(0.05)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    subjects = git("log", "--format=%s", cwd=campaign).splitlines()
+    assert all(message in subjects for message in made)
+    assert Counter(e["state"] for e in _listing(campaign)) == {"finished": 24}
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=campaign) == ""
+    git("fsck", "--strict", "--no-progress", cwd=campaign)

@@ -19,6 +19,7 @@ from git_expegit import queue
 from git_expegit import runner
 from git_expegit import sweep
 from git_expegit import sync as syncing
+from git_expegit import transaction
 from git_expegit.agent import control
 from git_expegit.commands.output import logger
 from git_expegit.commands.output import warn
@@ -122,7 +123,7 @@ def _sync(found: campaign.Campaign) -> None:
     if not syncing.has_remote(found):
         return
     try:
-        syncing.sync(found)
+        transaction.retried(lambda: syncing.sync(found))
     except ExpegitError as e:
         warn(f"the results are committed here but not synced ({e}); run git expegit sync")
 
