@@ -26,6 +26,7 @@ from git_runaway.errors import ExitCode
 from git_runaway.errors import RunawayError
 from git_runaway.execution import Job
 from git_runaway.execution import Runaway
+from git_runaway.hosts.ssh import CHANNELS
 from git_runaway.hosts.ssh import SshHost
 from tests.conftest import script
 from tests.conftest import write_profile
@@ -177,8 +178,44 @@ def test_a_host_that_refuses_channels_gets_more_connections(
             return await run_at_once(session, profile, work, n)
 
     assert asyncio.run(main()) == n
+    log = sshd.log.read_text()
     if max_sessions == 3:  # refused at 3 channels, never reported: 6 connections at least
-        assert len(sshd.accepted()) >= 6, sshd.log.read_text()
+        assert len(sshd.accepted()) >= 6, log
+        assert "no more sessions" in log  # sshd's refusals
+    else:  # 10 channels a connection: never one refused, no connection more than needed
+        assert "no more sessions" not in log
+        assert len(sshd.accepted()) == (n + 1 + 9) // 10, log
+
+
+def test_a_long_batch_at_the_limit_keeps_its_connections(
+        start_sshd: Callable[[int | None], Sshd], home: Path, tmp_path: Path, work: Path):
+    """Runs that end and start all the time: a channel opened where one just closed is
+    seldom refused (sshd frees a session a moment after its channel closed), and then opened
+    again on the same connection, so the pool does not grow as it goes."""
+    sshd = start_sshd(None)
+    profile = profile_for(sshd.alias, home, tmp_path)
+    script(work, "run.sh", "echo \"$1\" > \"out-$1\"\n")
+
+    async def main() -> list[int]:
+        workers = asyncio.Semaphore(20)
+
+        async def one(i: int) -> int:
+            async with workers:
+                outcome = await session.run(profile, Job(work, "run.sh", str(i)), sink, sink)
+                return outcome.exit_code
+
+        async with Runaway() as session:
+            codes = await asyncio.gather(*(one(i) for i in range(100)))
+            host = await session.host(profile)
+            assert isinstance(host, SshHost)
+            # Each connection's room for channels is still sshd's default.
+            assert [link.room for link in host._links] == [CHANNELS] * 3
+            return codes
+
+    assert asyncio.run(main()) == [0] * 100
+    assert len(list(work.glob("out-*"))) == 100
+    log = sshd.log.read_text()
+    assert len(sshd.accepted()) == 3, log  # 20 runs, and the uploads and other commands
 
 
 def test_one_run_opens_one_connection_and_close_closes_them_all(

@@ -113,6 +113,7 @@ class SshHost:
         self._growing = asyncio.Lock()  # one connection opened at a time (sshd's MaxStartups)
         self._change = asyncio.Event()  # set, and replaced, when a channel opens or closes
         self._closed = False
+        self._closing: set[asyncio.Future[None]] = set()  # channels being closed
 
     @classmethod
     async def connect(cls, alias: str) -> SshHost:
@@ -138,23 +139,43 @@ class SshHost:
             with contextlib.suppress(OSError, asyncssh.Error):
                 process.stdin.write_eof()
             process.close()
+            # The channel counts until the server closed it too: a new one opened on this
+            # connection before that would be refused (sshd frees its session then).
+            closing = asyncio.ensure_future(self._release_when_closed(link, process))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _release_when_closed(self, link: _Link,
+                                   process: asyncssh.SSHClientProcess[bytes]) -> None:
+        try:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                await process.wait_closed()
+        finally:
             self._release(link)
 
     async def _channel(self, tag: str
                        ) -> tuple[_Link, asyncssh.SSHClientProcess[bytes]]:
         """A channel running `launcher(tag)`: a refused one is opened on another connection."""
+        again: _Link | None = None
         while True:
-            link = await self._link(tag)
+            link = again or await self._link(tag)
             link.channels += 1
             try:
                 process = await link.connection.create_process(launcher(tag), encoding=None)
             except asyncssh.ChannelOpenError as e:
                 self._release(link)
-                # Full at what it holds now (MaxSessions); channels that just closed here
-                # may still count there, so this may be one or two short: never below one.
+                if again is None and link.opened and link.channels < link.room:
+                    # Below its known room: sshd frees the session of a channel just closed
+                    # only after reading the next packets; once more here, a round trip later.
+                    again = link
+                    continue
+                again = None
+                # Full at what it holds now (MaxSessions): never below one.
                 link.room = max(1, min(link.room, link.channels))
                 while not link.opened and link.channels:  # others are being opened on it
                     await self._change.wait()
+                if link.gone:
+                    raise link.error(e) from None
                 if not link.opened:  # a connection that accepts no channel at all
                     raise RunawayError(f"{self.name!r} refuses to run commands: {_reason(e)}",
                                        ExitCode.CONNECTION) from None
@@ -229,6 +250,7 @@ class SshHost:
         for link in links:
             with contextlib.suppress(Exception):
                 await link.connection.wait_closed()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 async def _connect(alias: str) -> asyncssh.SSHClientConnection:
