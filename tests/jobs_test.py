@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -322,3 +324,24 @@ def test_user_commits_during_a_batch_all_land_and_nothing_is_corrupted(
     assert Counter(e["state"] for e in _listing(campaign)) == {"finished": 24}
     assert git("status", "--porcelain", "--untracked-files=all", cwd=campaign) == ""
     git("fsck", "--strict", "--no-progress", cwd=campaign)
+
+
+def test_more_workers_than_sshd_sessions_all_run_at_once(
+        campaign: Path, experiment: Path, tmp_path: Path, ssh_host: str, home: Path) -> None:
+    """-w 14 means 14 at once over ssh, end to end. (sshd's default of 10 sessions per
+    connection is tested against an sshd of its own in ssh_pool_test.)"""
+    # Where the host's user (another account) can write: pytest's folders are private.
+    starts = Path(tempfile.mkdtemp(prefix="expegit-starts-", dir="/tmp"))
+    starts.chmod(0o777)
+    _commit_run(experiment, tmp_path, f"touch {starts}/$1; n=0\n"
+                f"while [ $(ls {starts} | wc -l) -lt 14 ] && [ $n -lt 100 ]; do sleep 0.1; "
+                "n=$((n+1)); done\nmkdir -p data; ls " f"{starts} | wc -l > data/seen\n")
+    _pin(campaign)
+    write_profile(home / ".config" / "runaway", "wide", ssh_config=ssh_host,
+                  host_directory=f"~/runaway-tests/{tmp_path.name}",
+                  execution=["$SCRIPT_NAME $SCRIPT_ARGS"])
+    expegit("jobs", "run", "-w", "14", "wide", "", "--i=range(14)", cwd=campaign)
+    seen = [int(git("show", f"HEAD:{e['folder']}/data/seen", cwd=campaign))
+            for e in _listing(campaign)]
+    shutil.rmtree(starts)
+    assert seen == [14] * 14  # each saw all 14 started while it ran
