@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from git_expegit.queue import Batch
 
 SPOOL = "requests"
+EXPANDED = "requests-expanded"  # the keys this clone expanded, one a line, whatever branch
 LOG = "hook.log"
 CAMPAIGN_KEY = "expegit.campaign"  # set by hooks install in the user's clone of the experiment
 MAX_REPEAT = 100_000
@@ -228,7 +229,7 @@ def pending(campaign: Campaign) -> list[tuple[Path, Request | None]]:
     read); files cut before their rename are ignored, and deleted once old."""
     found: list[tuple[float, Path, Request | None]] = []
     for path in _spool(campaign).iterdir():
-        if path.name.startswith("."):
+        if path.suffix != ".json":
             with contextlib.suppress(OSError):
                 if time.time() - path.stat().st_mtime > _STALE:
                     path.unlink()
@@ -287,6 +288,7 @@ def expand_pending(campaign: Campaign) -> list[Batch]:
                 else:
                     batches.append(batch)
                     done.add(request.key)
+                    _remember(campaign, request.key)
             path.unlink(missing_ok=True)
     return batches
 
@@ -311,13 +313,27 @@ def _expand(campaign: Campaign, request: Request) -> Batch:
                          request=request.key)
 
 
+def _remember(campaign: Campaign, key: str) -> None:
+    """The notes hold the key already; this copy outlives a switch to a branch that does
+    not have the batch (appended in one write: whole lines)."""
+    fd = os.open(campaign.state_dir / EXPANDED, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{key}\n".encode())
+    finally:
+        os.close(fd)
+
+
 def expanded(campaign: Campaign) -> set[str]:
-    """The keys of the requests the campaign's executions were expanded from (their
-    `created` event's request=)."""
+    """The keys of the requests expanded already: those the campaign's executions were
+    expanded from (their `created` event's request=, which also says what other clones
+    expanded), and those this clone remembers."""
     from git_expegit import catalog
     from git_expegit import record
 
-    keys = set()
+    try:
+        keys = set((campaign.state_dir / EXPANDED).read_text().split())
+    except FileNotFoundError:
+        keys = set()
     for execution in catalog.executions(campaign):
         for line in execution.log:
             if " created " in line and "request=" in line:
