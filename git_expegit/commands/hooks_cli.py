@@ -103,3 +103,9 @@ def _say(cwd: Path, line: str) -> None:
             requests.log(git_dir, line.removeprefix("expegit: "))
         except OSError:
             pass
+
+
+if __name__ == "__main__":
+    # The installed hook's way in (python -m git_expegit.commands.hooks_cli post-commit):
+    # `git expegit hooks post-commit` without main's command line parser and its imports.
+    sys.exit(post_commit(Path.cwd()) if sys.argv[1:] == ["post-commit"] else 2)
