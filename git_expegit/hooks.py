@@ -50,15 +50,13 @@ def stub() -> str:
     return text.replace(_PYTHON_LINE, f"python={shlex.quote(sys.executable)}\n", 1)
 
 
-def targets(campaign: Campaign, experiment: Path | None) -> list[Path]:
+def targets(campaign: Campaign, mine: Path | None) -> list[Path]:
     """The repositories `hooks install` acts on: the campaign, its xprp/ clone when it is
-    there, and with `experiment` the user's own clone of the experiment too."""
+    there, and the user's own clone of the experiment when given."""
     found = [campaign.root]
     if (campaign.root / EXPERIMENT / ".git").exists():
         found.append(campaign.root / EXPERIMENT)
-    if experiment is not None:
-        found.append(_experiment_clone(campaign, experiment))
-    return found
+    return found if mine is None else [*found, mine]
 
 
 def _experiment_clone(campaign: Campaign, path: Path) -> Path:
@@ -76,22 +74,26 @@ def _experiment_clone(campaign: Campaign, path: Path) -> Path:
 
 
 def install(campaign: Campaign, experiment: Path | None = None) -> list[Change]:
-    """Install the hook everywhere `targets` says; every place is checked before any
-    changes, so a refusal changes nothing."""
-    places = [(repo, hooks_dir(repo)) for repo in targets(campaign, experiment)]
+    """Install the hook in the campaign, its xprp/ clone, and with `experiment` the user's
+    own clone of the experiment too; every place is checked before any changes, so a
+    refusal changes nothing."""
+    mine = None if experiment is None else _experiment_clone(campaign, experiment)
+    places = [(repo, hooks_dir(repo)) for repo in targets(campaign, mine)]
+    if mine is not None:  # the user's clone: where its requests go
+        git.run(["config", "--local", CAMPAIGN_KEY, str(campaign.root.resolve())], mine,
+                what=f"setting {CAMPAIGN_KEY} in {mine}")
+    for _, folder in places:
+        _refuse_two_hooks(folder)
     text = stub()
-    changes = [_install_one(repo, folder, text) for repo, folder in places]
-    for repo in places[2:]:  # the user's clone: where its requests go
-        git.run(["config", "--local", CAMPAIGN_KEY, str(campaign.root.resolve())], repo[0],
-                what=f"setting {CAMPAIGN_KEY} in {repo[0]}")
-    return changes
+    return [_install_one(repo, folder, text) for repo, folder in places]
 
 
 def uninstall(campaign: Campaign, experiment: Path | None = None) -> list[Change]:
-    places = [(repo, hooks_dir(repo)) for repo in targets(campaign, experiment)]
+    mine = None if experiment is None else _experiment_clone(campaign, experiment)
+    places = [(repo, hooks_dir(repo)) for repo in targets(campaign, mine)]
     changes = [_uninstall_one(repo, folder) for repo, folder in places]
-    for repo in places[2:]:
-        subprocess.run(["git", "config", "--local", "--unset", CAMPAIGN_KEY], cwd=repo[0],
+    if mine is not None:
+        subprocess.run(["git", "config", "--local", "--unset", CAMPAIGN_KEY], cwd=mine,
                        capture_output=True)  # absent already: nothing to do
     return changes
 
@@ -121,25 +123,34 @@ def is_ours(path: Path) -> bool:
         return False
 
 
+def _refuse_two_hooks(folder: Path) -> None:
+    """A hook that is not ours and a chained one both there: which one to keep is the
+    user's to say."""
+    hook, chained = folder / HOOK, folder / CHAINED
+    if _there(hook) and _there(chained) and not is_ours(hook):
+        raise ExpegitError(f"{hook} is not expegit's, and {chained} is there too: move one "
+                           "of them away and install again", ExitCode.INPUT)
+
+
+def _there(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a dangling symlink is a hook too
+
+
 def _install_one(repo: Path, folder: Path, text: str) -> Change:
     hook, chained = folder / HOOK, folder / CHAINED
     folder.mkdir(parents=True, exist_ok=True)
     ours = is_ours(hook)
-    if not ours and (hook.exists() or hook.is_symlink()):
-        if chained.exists() or chained.is_symlink():
-            raise ExpegitError(f"{hook} is not expegit's, and {chained} is there too: move "
-                               "one of them away and install again", ExitCode.INPUT)
+    if not ours and _there(hook):
         os.rename(hook, chained)  # kept as it was, bytes, mode, symlink and all
     _write(hook, text)
-    return Change(repo, hook, "updated" if ours else "installed",
-                  chained.exists() or chained.is_symlink())
+    return Change(repo, hook, "updated" if ours else "installed", _there(chained))
 
 
 def _uninstall_one(repo: Path, folder: Path) -> Change:
     hook, chained = folder / HOOK, folder / CHAINED
-    kept = chained.exists() or chained.is_symlink()
+    kept = _there(chained)
     if not is_ours(hook):
-        if kept and not (hook.exists() or hook.is_symlink()):
+        if kept and not _there(hook):
             os.rename(chained, hook)  # an install cut between its two renames
             return Change(repo, hook, "removed", True)
         return Change(repo, hook, "absent")

@@ -147,6 +147,49 @@ def test_install_without_a_previous_hook_and_uninstall_removes_it(campaign: Path
     assert not hook.exists()
 
 
+def test_a_symlinked_hook_is_chained_and_restored_as_a_symlink(campaign: Path,
+                                                               tmp_path: Path) -> None:
+    shared = tmp_path / "shared-hook"
+    marker = tmp_path / "ran"
+    shared.write_text(f"#!/bin/sh\necho ran >> {marker}\n")
+    shared.chmod(0o755)
+    hook = hook_dir(campaign / "xprp") / "post-commit"
+    hook.symlink_to(shared)
+    expegit("hooks", "install", cwd=campaign)
+    assert hook.with_name("post-commit.expegit-chained").readlink() == shared
+    commit(campaign / "xprp", "code")
+    assert marker.read_text() == "ran\n"
+    expegit("hooks", "uninstall", cwd=campaign)
+    assert hook.readlink() == shared and shared.read_text().startswith("#!/bin/sh")
+
+
+def test_an_install_cut_between_its_two_renames_is_completed_or_undone(campaign: Path) -> None:
+    """Killed after the previous hook was moved aside and before the stub was written:
+    there is no post-commit, only the chained one. Install completes it; uninstall puts
+    the previous hook back."""
+    hook = hook_dir(campaign) / "post-commit"
+    before = hook.read_bytes()
+    hook.rename(hook.with_name("post-commit.expegit-chained"))
+    expegit("hooks", "uninstall", cwd=campaign)
+    assert hook.read_bytes() == before
+    hook.rename(hook.with_name("post-commit.expegit-chained"))
+    expegit("hooks", "install", cwd=campaign)
+    assert "git-expegit post-commit hook" in hook.read_text()
+    expegit("hooks", "uninstall", cwd=campaign)
+    assert hook.read_bytes() == before
+
+
+def test_a_foreign_hook_beside_a_chained_one_is_refused_before_any_change(
+        campaign: Path) -> None:
+    xprp_hooks = hook_dir(campaign / "xprp")
+    (xprp_hooks / "post-commit").write_text("#!/bin/sh\n")
+    (xprp_hooks / "post-commit.expegit-chained").write_text("#!/bin/sh\n")
+    lfs = (hook_dir(campaign) / "post-commit").read_bytes()
+    done = expegit("hooks", "install", cwd=campaign, check=False)
+    assert done.returncode == 4 and "move one of them away" in done.stderr
+    assert (hook_dir(campaign) / "post-commit").read_bytes() == lfs  # the campaign's too
+
+
 def test_the_stub_is_the_top_level_hooks_file() -> None:
     top = Path(__file__).parent.parent / "hooks" / "post-commit"
     assert os.access(top, os.X_OK)
