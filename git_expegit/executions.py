@@ -43,7 +43,8 @@ GITIGNORE = (b"# Added by git expegit: only results are committed; the code is d
 LFS_ATTRIBUTES = (b"* filter=lfs diff=lfs merge=lfs -text\n"
                   b".gitattributes -filter -diff -merge text\n")
 # What an execution's folder holds besides the code: everything else a run creates is lost.
-KEPT = (".gitignore", "data", "stdout", "stderr")
+# environment.txt: the output of the profile's `record:` commands (git_runaway's RECORD).
+KEPT = (".gitignore", "data", "stdout", "stderr", "environment.txt")
 # How many names of files created outside data/ a note records.
 _OUTSIDE_NAMES = 20
 
@@ -311,6 +312,10 @@ def reset(campaign: Campaign, execution: Execution) -> None:
 
 def check_profile(profile: str) -> None:
     _check(Trailer.PROFILE, profile)
+
+
+def check_name(name: str) -> None:
+    _check(Trailer.NAME, name)
 
 
 def requeue(campaign: Campaign, chosen: Sequence[Execution], profile: str | None,

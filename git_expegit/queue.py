@@ -95,7 +95,11 @@ def profile_of(execution: Execution) -> str | None:
 
 
 def batch_of(execution: Execution) -> str | None:
-    return execution.field("batch")
+    """The batch it was created in (a reschedule's reset does not change it)."""
+    for event in record.events(execution.log):
+        if event.kind == "created":
+            return event.field("batch")
+    return None
 
 
 def owner_of(execution: Execution) -> str | None:
@@ -149,6 +153,29 @@ def wake(campaign: Campaign) -> None:
     """Tell the agent the queue changed: it watches this file's folder."""
     path = campaign.state_dir / WAKE
     path.write_text(f"{time.time()}\n")
+
+
+# Cancelling ----------------------------------------------------------------------------------
+
+def request_cancel(campaign: Campaign, execution: ExecutionId) -> None:
+    """Ask the runner of this clone to stop a running execution (jobs delete)."""
+    folder = campaign.state_dir / "cancel"
+    folder.mkdir(exist_ok=True)
+    (folder / execution).touch()
+    wake(campaign)
+
+
+def cancel_requests(campaign: Campaign) -> set[str]:
+    folder = campaign.state_dir / "cancel"
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
+
+
+def forget_cancel(campaign: Campaign, execution: ExecutionId) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (campaign.state_dir / "cancel" / execution).unlink()
 
 
 # Claims ---------------------------------------------------------------------------------------
