@@ -216,11 +216,14 @@ def spool(campaign: Campaign, request: Request) -> Path:
     path = folder / f"{request.key}.json"
     tmp = folder / f".{request.key}.{os.getpid()}.tmp"
     data = dataclasses.asdict(dataclasses.replace(request, spooled=time.time()))
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())  # the rename must not publish an empty file after a crash
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not publish an empty file after a crash
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk: nothing half written stays
     return path
 
 

@@ -349,6 +349,20 @@ def test_a_bad_trailer_does_not_fail_the_commit(hooked: Path) -> None:
     assert "Expegit-Sweep '--lr=0.1,,0.2'" in hook_log(hooked).splitlines()[-1]
 
 
+def test_a_failing_spool_does_not_fail_the_commit(hooked: Path) -> None:
+    """Whatever goes wrong in the hook (here the spool folder cannot be made), the commit is
+    made, the hook says so in one line, and nothing half written stays."""
+    state = hooked / ".git" / "expegit"
+    state.mkdir(exist_ok=True)
+    (state / "requests").write_text("not a folder")
+    head = git("rev-parse", "HEAD", cwd=hooked)
+    done = request(hooked)
+    assert git("rev-parse", "HEAD", cwd=hooked) != head
+    assert done.stderr.count("\n") == 1 and "was not queued" in done.stderr
+    assert "was not queued" in hook_log(hooked)
+    assert sorted(p.name for p in state.iterdir() if p.name.endswith(".tmp")) == []
+
+
 def test_expansion_is_exactly_once_across_concurrent_calls_and_sigkill(hooked: Path) -> None:
     program = ("import sys; from pathlib import Path; from git_expegit import campaign, "
                "requests; requests.expand_pending(campaign.find(Path(sys.argv[1])))")

@@ -4,6 +4,7 @@ are then spooled for the next `agent start`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -54,12 +55,13 @@ def post_commit(cwd: Path) -> int:
     for name in _HOOK_ENVIRONMENT:
         os.environ.pop(name, None)
     from git_expegit import requests
+    from git_expegit.errors import ExpegitError
 
     try:
         found = requests.on_commit(cwd)
     except Exception as e:
         # Not only RequestError: whatever happens, the commit is made and stays.
-        what = str(e) if isinstance(e, requests.RequestError | ValueError) else (
+        what = str(e) if isinstance(e, requests.RequestError | ExpegitError) else (
             f"{type(e).__name__}: {e}")
         _say(cwd, f"expegit: this commit's batch request was not queued: {what}")
         return 0
@@ -73,7 +75,8 @@ def post_commit(cwd: Path) -> int:
 
             control.ensure_running(campaign)
     except Exception as e:
-        requests.log(campaign.git_dir, f"starting the agent failed: {type(e).__name__}: {e}")
+        with contextlib.suppress(OSError):
+            requests.log(campaign.git_dir, f"starting the agent failed: {type(e).__name__}: {e}")
         started = "; the agent did not start (see .git/expegit/hook.log): git expegit agent start"
     where = "" if not request.pin else f" on experiment commit {request.made[:12]}"
     print(f"expegit: batch request {request.key[:8]} handed to the agent{where}: "
@@ -99,10 +102,8 @@ def _say(cwd: Path, line: str) -> None:
                               capture_output=True, text=True)
         git_dir = Path(done.stdout.strip()) if done.returncode == 0 else None
     if git_dir is not None:
-        try:
+        with contextlib.suppress(OSError):  # a full disk: stderr said it
             requests.log(git_dir, line.removeprefix("expegit: "))
-        except OSError:
-            pass
 
 
 if __name__ == "__main__":
