@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-
 from harness import BenchmarkFailed
 from harness import Shell
 from harness import check
@@ -81,8 +80,8 @@ def children_cpu() -> float:
 
 # --- ours ----------------------------------------------------------------------------------
 
-def ours(sh: Shell, path: Path, n: int, workers: int, profile_to: Path | None
-         ) -> tuple[float, float]:
+def ours(sh: Shell, path: Path, n: int, workers: int, profile_to: Path | None,
+         timers: bool = False) -> tuple[float, float]:
     """One `jobs run` (creating, queueing, running, finishing, syncing): wall s, CPU s of
     the command and all its children. With `profile_to`, run under cProfile (slower)."""
     command = ["git", "expegit", "jobs", "run", "-w", str(workers), PROFILE, "",
@@ -90,8 +89,16 @@ def ours(sh: Shell, path: Path, n: int, workers: int, profile_to: Path | None
     if profile_to is not None:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m",
                    "git_expegit", *command[2:]]
+    if timers:
+        command = [sys.executable, str(Path(__file__).with_name("p3_jobs_timers.py")),
+                   *command[2:]]
     cpu = children_cpu()
-    wall, _ = sh.timed(command, path)
+    start = time.perf_counter()
+    done = sh.call(command, path)
+    wall = time.perf_counter() - start
+    check(done.returncode == 0, f"ours: exited {done.returncode}: {done.stderr[-2000:]}")
+    if timers:
+        print(done.stderr[done.stderr.index("\n== wall"):], file=sys.stderr)
     return wall, children_cpu() - cpu
 
 
@@ -196,6 +203,9 @@ def main() -> int:
     parser.add_argument("--profile-to", type=Path,
                         help="run ours under cProfile (python -m cProfile), stats to this "
                              "file; its wall time is then not the figure")
+    parser.add_argument("--timers", action="store_true",
+                        help="run ours through p3_jobs_timers.py: wall-clock timers around "
+                             "the runner's parts, printed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     config = os.environ.get("EXPEGIT_TEST_SSH_CONFIG")
@@ -219,10 +229,10 @@ def run(sh: Shell, base: Path, args: argparse.Namespace, config: str, load: floa
     sh.run(["git", "runaway", "--check", PROFILE], base)  # the host reachable, its folder
     script = script_time(base)
 
-    wall, cpu = ours(sh, mine, n, w, args.profile_to)
+    wall, cpu = ours(sh, mine, n, w, args.profile_to, args.timers)
     verify(sh, mine, mine_remote, n, "ours")
     print(f"ours: {wall:.2f} s for {n}", file=sys.stderr)
-    if args.profile_to is not None:
+    if args.profile_to is not None or args.timers:
         print(f"cProfile stats in {args.profile_to} (wall under the profiler {wall:.2f} s)")
         return 0
     if args.skip_baseline:
