@@ -6,6 +6,7 @@ the same run (per execution: a `git runaway` process, a `git expegit finish` pro
 wrong, 1 with `GOAL MISSED: ...` when a goal is missed. See bench/README.md.
 
     source /tmp/svc/env.sh && python bench/p3_jobs.py [--n 200] [--workers 8]
+    python bench/p3_jobs.py --skip-baseline --timers    # where ours' time goes
 """
 
 from __future__ import annotations
@@ -232,8 +233,9 @@ def run(sh: Shell, base: Path, args: argparse.Namespace, config: str, load: floa
     wall, cpu = ours(sh, mine, n, w, args.profile_to, args.timers)
     verify(sh, mine, mine_remote, n, "ours")
     print(f"ours: {wall:.2f} s for {n}", file=sys.stderr)
-    if args.profile_to is not None or args.timers:
+    if args.profile_to is not None:
         print(f"cProfile stats in {args.profile_to} (wall under the profiler {wall:.2f} s)")
+    if args.profile_to is not None or args.timers:
         return 0
     if args.skip_baseline:
         return 0
