@@ -7,10 +7,12 @@ Objects and refs are built with pygit2 and `objects.py`; refs are moved here wit
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +57,23 @@ def last_line(stderr: bytes) -> str:
 
 
 def ident(cwd: Path) -> str:
-    """The committer identity and time as git would write them (config and GIT_* env)."""
+    """The committer identity and time as git would write them (config and GIT_* env).
+    Who is asked of git once per process and folder (the agent writes often); the time
+    is now, unless GIT_COMMITTER_DATE fixes it, when git is asked each time."""
+    if os.environ.get("GIT_COMMITTER_DATE"):
+        return _ident(cwd)
+    who = _who(cwd, os.environ.get("GIT_COMMITTER_NAME"), os.environ.get("GIT_COMMITTER_EMAIL"))
+    offset = time.localtime().tm_gmtoff // 60
+    sign = "+" if offset >= 0 else "-"
+    return f"{who} {int(time.time())} {sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
+
+
+@functools.lru_cache(maxsize=16)
+def _who(cwd: Path, name: str | None, email: str | None) -> str:
+    return _ident(cwd).rsplit(" ", 2)[0]
+
+
+def _ident(cwd: Path) -> str:
     return run(["var", "GIT_COMMITTER_IDENT"], cwd,
                what="finding your git identity (set user.name and user.email)").strip()
 

@@ -137,6 +137,7 @@ class Runner:
         self._profiles: dict[str, Profile | ExpegitError] = {}
         self._codes: dict[str, asyncio.Future[tuple[Path, Pack]]] = {}
         self._wakeup: asyncio.Event | None = None
+        self._poked = True
         self._recorder = _Recorder(campaign, self._log)
         self._session: Runaway | None = None
         self.summary = Summary()
@@ -149,13 +150,17 @@ class Runner:
 
     def poke(self) -> None:
         """The queue changed: read select() again."""
+        self._poked = True
+        self._wake()
+
+    def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
 
     def stop_launching(self) -> None:
         """No new run starts; the running ones end as they would (a first Ctrl-C)."""
         self._launching = False
-        self.poke()
+        self._wake()
 
     def cancel(self) -> None:
         """Stop the running scripts; their results are still fetched and they are recorded
@@ -177,9 +182,15 @@ class Runner:
             self._session = session
             try:
                 await self._recover()
+                pending: list[Execution] = []
+                read = 0.0
                 while True:
                     self._wakeup.clear()
-                    pending = await asyncio.to_thread(select)
+                    # select() reads the whole catalog: again only when poked, when what
+                    # it gave is all started, or after a second (a jobs delete meanwhile).
+                    if self._poked or time.monotonic() - read > 1 or not self._waiting(pending):
+                        self._poked, read = False, time.monotonic()
+                        pending = await asyncio.to_thread(select)
                     for execution in self._launchable(pending) if self._launching else ():
                         task = asyncio.ensure_future(self._one(execution))
                         tasks.add(task)
@@ -200,6 +211,9 @@ class Runner:
                 await self._recorder.drain()
         return self.summary
 
+    def _waiting(self, pending: list[Execution]) -> bool:
+        return any(e.id not in self._active and e.id not in self._ended for e in pending)
+
     def _cancel_requested(self) -> None:
         for execution in queue.cancel_requests(self.campaign) & set(self._stops):
             self._stops[ExecutionId(execution)].set()
@@ -209,7 +223,7 @@ class Runner:
             tasks.discard(task)
             if not task.cancelled() and task.exception() is not None:
                 self._log(f"internal error in a run: {task.exception()!r}")
-            self.poke()
+            self._wake()
         return ended
 
     def _launchable(self, pending: list[Execution]) -> list[Execution]:
@@ -244,10 +258,12 @@ class Runner:
     async def _one(self, execution: Execution) -> None:
         try:
             ending = await self._attempts(execution)
-            await self._end(execution, ending)
         finally:
+            # The slot is free once the run ended: its end is committed with others.
             self._active.pop(execution.id, None)
             self._ended.add(execution.id)
+            self._wake()
+        await self._end(execution, ending)
 
     async def _attempts(self, execution: Execution) -> Ending:
         profile = self._profile(queue.profile_of(execution) or "")
@@ -504,9 +520,10 @@ class _Recorder:
 
     def _write(self, events: list[tuple[Execution, str, dict[str, object]]],
                ends: list[Ending]) -> dict[ExecutionId, executions.Finished]:
-        transaction.retried(lambda: queue.record_events(self._campaign, events))
         if not ends:
+            transaction.retried(lambda: queue.record_events(self._campaign, events))
             return {}
-        return transaction.retried(lambda: executions.finish_many(self._campaign, ends))
+        return transaction.retried(lambda: executions.finish_many(self._campaign, ends,
+                                                                  events=events))
 
 
