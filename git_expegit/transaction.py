@@ -286,6 +286,7 @@ def recover(campaign: Campaign) -> bool:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         _discard(campaign)  # a journal cut short: written before any ref moved
         return True
+    _unlock_refs(campaign, moves)
     moved = _moved(campaign, moves)
     if moved is None:  # the ref transaction was cut between two refs: finish it
         git.update_refs(campaign.root, {ref: move for ref, move in moves.items()
@@ -299,6 +300,14 @@ def recover(campaign: Campaign) -> bool:
     _update_index(campaign, index, changes.index_info)
     _complete(campaign, index, changes, worktree)
     return True
+
+
+def _unlock_refs(campaign: Campaign, moves: Moves) -> None:
+    """The dead process was moving these refs: a `git update-ref` killed with it leaves
+    their .lock files, which would refuse every later move. No live expegit holds them (the
+    caller has the campaign's lock), and no plain `git commit` (our index.lock is there)."""
+    for ref in moves:
+        (campaign.git_dir / f"{ref}.lock").unlink(missing_ok=True)
 
 
 def recover_if_interrupted(campaign: Campaign) -> None:

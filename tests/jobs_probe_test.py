@@ -1,0 +1,55 @@
+"""Attacks on jobs run, the runner and the queue: SIGKILL at awkward moments, hostile
+requests and parameters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import expegit
+from tests.conftest import git
+
+# A publish killed inside `git update-ref`, as a SIGKILL of jobs run's process group does:
+# git held the refs' .lock files (and had moved `moved` of them) when it died.
+KILLED_IN_UPDATE_REF = """
+import os, signal, sys
+from pathlib import Path
+from git_expegit import campaign, executions, git
+moved = int(sys.argv[1])
+real = git.update_refs
+def dies(cwd, moves, message):
+    refs = sorted(moves)
+    for ref in refs[moved:]:
+        (Path(cwd) / ".git" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (Path(cwd) / ".git" / (ref + ".lock")).touch()
+    real(cwd, {ref: moves[ref] for ref in refs[:moved]}, message)
+    os.kill(os.getpid(), signal.SIGKILL)
+git.update_refs = dies
+c = campaign.find(Path.cwd())
+executions.create(c, executions.experiment_commit(c, None), ["--a=1"], "local", queued=True)
+"""
+
+
+def _listing(campaign: Path) -> list[dict[str, object]]:
+    return json.loads(expegit("list", "--format=json", cwd=campaign).stdout)
+
+
+@pytest.mark.parametrize("moved", [0, 1])
+def test_a_publish_killed_inside_update_ref_leaves_no_lock_that_blocks_the_next(
+        campaign: Path, moved: int) -> None:
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_UPDATE_REF, str(moved)],
+                            cwd=campaign, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert list((campaign / ".git" / "refs").rglob("*.lock"))
+    start = time.monotonic()
+    done = expegit("jobs", "run", "local", "", "--b=2", cwd=campaign, check=False)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - start < 20
+    assert not list((campaign / ".git" / "refs").rglob("*.lock"))
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=campaign) == ""
+    git("fsck", "--strict", "--no-progress", cwd=campaign)
