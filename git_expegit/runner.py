@@ -43,6 +43,7 @@ from git_expegit.record import DONE
 from git_expegit.record import ExecutionId
 from git_expegit.record import State
 from git_runaway import profiles
+from git_runaway.archive import FETCH_IGNORE
 from git_runaway.archive import Pack
 from git_runaway.archive import pack
 from git_runaway.errors import ExitCode as RunawayCode
@@ -429,11 +430,22 @@ def _stage_code(campaign: Campaign, commit: str) -> tuple[Path, Pack]:
         try:
             placement.write_code(campaign, commit, staging)
             _skeleton(staging)
+            _keep_logs(staging)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target, pack(target)
+
+
+def _keep_logs(code: Path) -> None:
+    """A run's own files named stdout or stderr must not come back over its logs: they
+    are left on the host (after the experiment's own .fetchignore rules, so they win)."""
+    path = code / FETCH_IGNORE
+    before = path.read_bytes() if path.is_file() else b""
+    path.unlink(missing_ok=True)  # a symlink in the experiment is not followed
+    path.write_bytes(before + (b"" if before.endswith(b"\n") or not before else b"\n")
+                     + b"/stdout\n/stderr\n")
 
 
 def _skeleton(folder: Path) -> None:

@@ -53,3 +53,19 @@ def test_a_publish_killed_inside_update_ref_leaves_no_lock_that_blocks_the_next(
     assert not list((campaign / ".git" / "refs").rglob("*.lock"))
     assert git("status", "--porcelain", "--untracked-files=all", cwd=campaign) == ""
     git("fsck", "--strict", "--no-progress", cwd=campaign)
+
+
+def test_a_script_that_writes_files_named_stdout_and_stderr_keeps_its_real_logs(
+        campaign: Path, experiment: Path, tmp_path: Path) -> None:
+    from tests.jobs_test import _commit_run
+    from tests.jobs_test import _pin
+
+    _commit_run(experiment, tmp_path, "echo real-out; echo real-err >&2\n"
+                                      "echo fake > stdout; echo fake > stderr\n")
+    _pin(campaign)
+    expegit("jobs", "run", "local", "", "a", cwd=campaign)
+    [e] = _listing(campaign)
+    assert e["state"] == "finished"
+    assert git("show", f"HEAD:{e['folder']}/stdout", cwd=campaign) == "real-out\n"
+    assert git("show", f"HEAD:{e['folder']}/stderr", cwd=campaign) == "real-err\n"
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=campaign) == ""
