@@ -298,6 +298,7 @@ def expand_pending(campaign: Campaign) -> list[Batch]:
 
 def _expand(campaign: Campaign, request: Request) -> Batch:
     from git_expegit import executions
+    from git_expegit import parameters
     from git_expegit import queue
     from git_expegit import sweep
 
@@ -311,6 +312,7 @@ def _expand(campaign: Campaign, request: Request) -> Batch:
         strings = sweep.expand(request.sweep, request.repeat)
     except sweep.SweepError as e:
         raise ExpegitError(f"Expegit-Sweep {request.sweep!r}: {e}", ExitCode.INPUT) from None
+    parameters.check_strings(strings)  # as jobs run does: unbalanced quotes could only fail
     executions.check_profile(request.profile)
     return queue.enqueue(campaign, commit, strings, request.profile, name=request.name,
                          request=request.key)

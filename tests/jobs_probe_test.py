@@ -69,3 +69,21 @@ def test_a_script_that_writes_files_named_stdout_and_stderr_keeps_its_real_logs(
     assert git("show", f"HEAD:{e['folder']}/stdout", cwd=campaign) == "real-out\n"
     assert git("show", f"HEAD:{e['folder']}/stderr", cwd=campaign) == "real-err\n"
     assert git("status", "--porcelain", "--untracked-files=all", cwd=campaign) == ""
+
+
+def test_a_request_whose_parameters_cannot_be_split_creates_nothing(
+        campaign: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As jobs run and exec new --sweep refuse it: dropped and logged, not executions that
+    can only fail."""
+    from git_expegit import campaign as campaigns
+    from git_expegit import requests
+
+    monkeypatch.setenv("EXPEGIT_AGENT", "off")
+    expegit("hooks", "install", cwd=campaign)
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "q", "--trailer",
+                    'Expegit-Sweep: --x="a;b', "--trailer", "Expegit-Profile: local"],
+                   cwd=campaign, check=True, capture_output=True)
+    assert requests.expand_pending(campaigns.find(campaign)) == []
+    assert _listing(campaign) == []
+    log = (campaign / ".git" / "expegit" / "hook.log").read_text()
+    assert "cannot be split" in log.splitlines()[-1] and "dropped" in log.splitlines()[-1]
