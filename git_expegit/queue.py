@@ -189,6 +189,10 @@ class Claim:
     run: str  # runaway's run id: the name of the run folder on the host
     profile: str
     started: float  # time.time() when claimed
+    # How the run ended, once its results are here and before its end is committed: a
+    # runner killed in between finishes it from this, instead of running it again.
+    exit_code: int | None = None
+    ended: dict[str, str] | None = None
 
 
 def _claims(campaign: Campaign) -> Path:
@@ -221,8 +225,12 @@ def claims(campaign: Campaign) -> list[Claim]:
             continue
         try:
             data = json.loads(path.read_text())
+            ended = data.get("ended")
             found.append(Claim(ExecutionId(data["execution"]), int(data["attempt"]),
-                               str(data["run"]), str(data["profile"]), float(data["started"])))
+                               str(data["run"]), str(data["profile"]), float(data["started"]),
+                               None if data.get("exit_code") is None else int(data["exit_code"]),
+                               {str(k): str(v) for k, v in ended.items()}
+                               if isinstance(ended, dict) else None))
         except (OSError, ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)
     return found

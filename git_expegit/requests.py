@@ -94,9 +94,10 @@ class Made:
 
 def read_head(cwd: Path) -> Made:
     fields = "%H%x00%an <%ae> %ad%x00%D%x00%(trailers:only,unfold)%x00%B"
+    # --encoding: a message committed as latin-1 (i18n.commitEncoding) is read as UTF-8.
     out = subprocess.run(["git", "log", "-1", "--no-show-signature", "--date=raw",
-                          f"--format={fields}", "HEAD"], cwd=cwd, capture_output=True,
-                         check=True).stdout.decode(errors="replace")
+                          "--encoding=UTF-8", f"--format={fields}", "HEAD"], cwd=cwd,
+                         capture_output=True, check=True).stdout.decode(errors="replace")
     commit, author, refs, trailers, message = out.split("\0", 4)
     branch = re.match(r"HEAD -> ([^,\s]+)", refs)
     pairs = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -291,8 +292,8 @@ class Runner:
         folder = self._folder(execution)
         await asyncio.to_thread(_skeleton, folder)
         run_id = str(uuid.uuid4())
-        queue.claim(self.campaign, queue.Claim(execution.id, attempt, run_id, profile.name,
-                                               time.time()))
+        claim = queue.Claim(execution.id, attempt, run_id, profile.name, time.time())
+        queue.claim(self.campaign, claim)
         stop = self._stops[execution.id] = asyncio.Event()
         timer = (asyncio.get_running_loop().call_later(profile.timeout, stop.set)
                  if profile.timeout else None)
@@ -316,8 +317,15 @@ class Runner:
                 timer.cancel()
             self._stops.pop(execution.id, None)
         await asyncio.to_thread(_skeleton, folder)  # a run must not change the folder's own files
-        return self._ending(execution, outcome, attempt, profile,
-                            timed_out=timer is not None and stop.is_set() and not self._cancelled)
+        ending = self._ending(execution, outcome, attempt, profile,
+                              timed_out=timer is not None and stop.is_set()
+                              and not self._cancelled)
+        # The host has forgotten the run: until its end is committed, the claim remembers it.
+        queue.claim(self.campaign, dataclasses.replace(
+            claim, exit_code=outcome.exit_code,
+            ended={k: str(v) for k, v in ending.fields.items() if v is not None}
+            | ({"failed": "1"} if ending.failed else {})))
+        return ending
 
     def _ending(self, execution: Execution, outcome: Outcome, attempt: int, profile: Profile,
                 timed_out: bool) -> Ending:
@@ -377,6 +385,12 @@ class Runner:
         assert self._session is not None
         if execution is None or execution.state in DONE:
             queue.release(self.campaign, claim.execution)
+            return
+        if claim.ended is not None:  # its results were here already
+            self._ended.add(execution.id)
+            fields = dict(claim.ended)
+            failed = fields.pop("failed", None) is not None
+            await self._end(execution, Ending(execution, claim.exit_code, failed, fields))
             return
         profile = self._profile(claim.profile)
         outcome = None

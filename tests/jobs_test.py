@@ -345,3 +345,45 @@ def test_more_workers_than_sshd_sessions_all_run_at_once(
             for e in _listing(campaign)]
     shutil.rmtree(starts)
     assert seen == [14] * 14  # each saw all 14 started while it ran
+
+
+def test_a_runner_killed_before_committing_a_fetched_run_does_not_run_it_again(
+        campaign: Path, experiment: Path, tmp_path: Path) -> None:
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    go = tmp_path / "go"
+    _commit_run(experiment, tmp_path, f'echo x >> {counts}/"$1"; mkdir -p data; '
+                                      f'echo "$1" > data/done; until [ -e {go} ]; do '
+                                      'sleep 0.05; done\n')
+    _pin(campaign)
+    process = subprocess.Popen(["git-expegit", "jobs", "run", "local", "", "a"], cwd=campaign,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    _until(lambda: (counts / "a").exists())
+    # The campaign's lock held: the run ends, its results come back, and its end waits.
+    lock = campaign / ".git" / "expegit" / "lock"
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "60"], start_new_session=True)
+    _until(lambda: subprocess.run(["flock", "-n", str(lock), "true"]).returncode != 0)
+    go.touch()
+    claims = campaign / ".git" / "expegit" / "claims"
+    _until(lambda: any("exit_code\": 0" in p.read_text() for p in claims.iterdir()))
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    os.killpg(holder.pid, signal.SIGKILL)  # sleep too: it holds the lock's descriptor
+    holder.wait()
+    done = subprocess.run([sys.executable, "-c", RESUME], cwd=campaign, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.split() == ["1", "0"], done.stderr
+    [e] = _listing(campaign)
+    assert e["state"] == "finished" and len(_events(e, "finished")) == 1
+    assert (counts / "a").read_text() == "x\n"  # ran once
+    assert git("show", f"HEAD:{e['folder']}/data/done", cwd=campaign) == "a\n"
+    assert not list(claims.iterdir())
+
+
+def test_a_batch_name_in_use_is_refused(campaign: Path) -> None:
+    expegit("jobs", "run", "--name", "first", "local", cwd=campaign)
+    before = snapshot(campaign)
+    done = expegit("jobs", "run", "--name", "first", "local", cwd=campaign, check=False)
+    assert done.returncode == 4 and "named 'first' already" in done.stderr
+    assert snapshot(campaign) == before

@@ -57,6 +57,9 @@ def run(cwd: Path, profile: str, commit: str | None, expression: str | None, rep
         executions.check_name(name)
     full = executions.experiment_commit(found, commit)
     runner.check_code(found, full)
+    if name is not None and any(queue.batch_of(e) == name for e in catalog.executions(found)):
+        raise ExpegitError(f"a batch is named {name!r} already: choose another name (jobs "
+                           f"reschedule --name {name} runs that one again)", ExitCode.INPUT)
     batch = queue.enqueue(found, full, strings, profile, name=name, new_only=new_only)
     log = logger(verbose)
     if batch.skipped:
@@ -71,7 +74,8 @@ def run(cwd: Path, profile: str, commit: str | None, expression: str | None, rep
         return 0
     with queue.runner_lock(found) as ours:
         if not ours:
-            print("this clone's agent runs its queue: waiting for it", file=sys.stderr)
+            print(f"another process (pid {queue.runner_pid(found) or '?'}) runs this clone's "
+                  "queue: the agent runs this batch after it; waiting", file=sys.stderr)
             control.ensure_running(found)
             return wait(cwd, batch.name)
         chosen = set(batch.ids)
