@@ -151,6 +151,29 @@ def wake(campaign: Campaign) -> None:
     path.write_text(f"{time.time()}\n")
 
 
+# Cancelling ----------------------------------------------------------------------------------
+
+def request_cancel(campaign: Campaign, execution: ExecutionId) -> None:
+    """Ask the runner of this clone to stop a running execution (jobs delete)."""
+    folder = campaign.state_dir / "cancel"
+    folder.mkdir(exist_ok=True)
+    (folder / execution).touch()
+    wake(campaign)
+
+
+def cancel_requests(campaign: Campaign) -> set[str]:
+    folder = campaign.state_dir / "cancel"
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
+
+
+def forget_cancel(campaign: Campaign, execution: ExecutionId) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (campaign.state_dir / "cancel" / execution).unlink()
+
+
 # Claims ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -100,6 +100,10 @@ def fetch(campaign: Campaign) -> None:
             what=f"fetching from {REMOTE} (nothing was changed)")
 
 
+def has_remote(campaign: Campaign) -> bool:
+    return REMOTE in campaign.repo.remotes.names()
+
+
 def _require_remote(campaign: Campaign) -> None:
     if REMOTE not in campaign.repo.remotes.names():
         raise ExpegitError(f"the campaign has no remote {REMOTE!r}: add one with git remote add "

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import enum
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -65,6 +66,14 @@ class Job:
     arguments: str = ""  # split like a shell would, then quoted again for the host
     leave: Leave = Leave.NOTHING
     environment: Mapping[str, str] = dataclasses.field(default_factory=dict)  # RUNAWAY* vars
+    # Where the results are fetched to, when not into `folder`: runs of one code folder
+    # (git expegit's batches) each bring theirs into their own place.
+    results: Path | None = None
+    run_id: str | None = None  # the run folder's name on the host, when the caller chose it
+
+    @property
+    def destination(self) -> Path:
+        return self.folder if self.results is None else self.results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +87,8 @@ class Outcome:
     # Output the host could not send (unreadable files, fifos, devices): named, not lost
     # without a word; they stay in the run folder if --leave keeps it.
     unfetched: tuple[str, ...] = ()
+    where: Mapping[str, str] = dataclasses.field(default_factory=dict)  # node, os, cpus, gpus
+    stopped: bool = False  # the script was stopped (`stop`), not left to end
 
 
 def split_arguments(arguments: str) -> list[str]:
@@ -98,6 +109,7 @@ def _silent(message: str) -> None:
 
 
 Where = tuple[str | None, str]  # (the profile's ssh_config, the absolute host_directory)
+RECORD = "environment.txt"  # where the output of a profile's `record:` commands goes
 
 
 class Runaway:
@@ -171,30 +183,38 @@ class Runaway:
             self._roots[key] = lines[-1]
         return self._roots[key]
 
-    async def run(self, profile: Profile, job: Job, stdout: Sink, stderr: Sink) -> Outcome:
+    async def run(self, profile: Profile, job: Job, stdout: Sink, stderr: Sink, *,
+                  package: Pack | None = None, started: Started | None = None,
+                  stop: asyncio.Event | None = None) -> Outcome:
         """Run `job`. A cancellation stops the script, then still fetches its results and
         cleans up before it goes on; so does a failing `stdout` (a closed pipe), whose error
-        is raised once that is done."""
+        is raised once that is done. `package`: the folder packed already (a batch packs
+        its code once). `started` hears where the script started; setting `stop` stops the
+        script, whose results still come back (a timeout, a cancel)."""
         start = time.monotonic()
         arguments = split_arguments(job.arguments)
         variables.check(job.environment, job.script, arguments)
         script = _script_path(job)
-        package = await asyncio.to_thread(pack, job.folder)
+        if package is None:
+            package = await asyncio.to_thread(pack, job.folder)
         if script not in package.files:
             raise RunawayError(f"script {script!r} is excluded by {job.folder}/.sendignore; "
                                "it must be sent to run", ExitCode.USAGE)
         self._log(f"packed {len(package.files)} entries ({package.size} bytes, "
                   f"sha256 {package.digest[:12]})")
-        commit = await asyncio.to_thread(_commit, job.folder)
+        commit = (job.environment.get("RUNAWAY_COMMIT")  # the caller knows it
+                  or await asyncio.to_thread(_commit, job.folder))
         host = await self.host(profile)
         root = await self.root(host, profile)
-        run_id = str(uuid.uuid4())
+        run_id = _run_id(job)
         folder = f"{root}/{run_id}"
         env = {**job.environment, **_variables(profile, job, root, folder, run_id, package),
                **({"RUNAWAY_COMMIT": commit} if commit else {})}
         run = _Run(self, host, (profile.ssh_config, root), package, run_id, job,
-                   _commands(profile, f"{folder}/{script}", arguments), env, stdout, stderr)
+                   _commands(profile, f"{folder}/{script}", arguments), env, stdout, stderr,
+                   started)
         task = asyncio.ensure_future(run.protocol())
+        stopper = asyncio.ensure_future(_stop_when(stop, run))
         try:
             code = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -207,10 +227,44 @@ class Runaway:
             except RunawayError as e:
                 self._log(str(e))
             raise
+        finally:
+            stopper.cancel()
         if run.stdout_error is not None:
             raise run.stdout_error
         return Outcome(run_id, code, folder, run.uploaded, tuple(run.fetched),
-                       time.monotonic() - start, tuple(run.unfetched))
+                       time.monotonic() - start, tuple(run.unfetched), run.where,
+                       run.stopped)
+
+    async def collect(self, profile: Profile, job: Job, stderr: Sink) -> Outcome | None:
+        """Collect a run started earlier whose runaway went away (`job.run_id`): its
+        results and exit code when its script ended on its own; None when it is not there
+        or was stopped with the connection (the host removes what it left). Waits while
+        its host program still ends."""
+        start = time.monotonic()
+        host = await self.host(profile)
+        root = await self.root(host, profile)
+        run_id = _run_id(job)
+        listed = (job.folder / FETCH_IGNORE).exists()
+        for delay in _BUSY_WAITS:
+            key = hosts.nonce()
+            async with hosts.session(host, "collect", remote.collect(key, root, run_id, listed),
+                                     key, (stderr,)) as session:
+                word = await session.stdout.until(hosts.discard)
+                if word is not None and word.startswith("exit "):
+                    run = _Run(self, host, (profile.ssh_config, root), None, run_id, job,
+                               ([], [], []), {}, hosts.discard, stderr, None)
+                    await run._fetch(session, listed)
+                    await session.finish()
+                    return Outcome(run_id, int(word.split()[1]), f"{root}/{run_id}", 0,
+                                   tuple(run.fetched), time.monotonic() - start)
+                await session.finish()
+            if word != "busy":
+                if word not in ("gone", "lost"):
+                    raise RunawayError(f"cannot find the run {run_id} on {host.name}",
+                                       ExitCode.HOST)
+                return None
+            await asyncio.sleep(delay)
+        return None
 
     async def provide(self, host: Host, where: Where, package: Pack) -> int:
         """Make sure the host has the code: wait for an upload of it that this session
@@ -283,13 +337,35 @@ class Runaway:
                 for line in done.stdout.decode(errors="replace").splitlines() if line]
 
 
+Started = Callable[[Mapping[str, str]], None]
+# How long `collect` waits, in turn, for a run's host program that is still ending (its
+# stop takes 5 s at most, then the results go nowhere): then it counts as lost.
+_BUSY_WAITS = (0.5, 1, 1, 2, 2, 4, 4, 8, 8, 0)
+_RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _run_id(job: Job) -> str:
+    if job.run_id is None:
+        return str(uuid.uuid4())
+    if not _RUN_ID.fullmatch(job.run_id):  # it is written into shell text
+        raise RunawayError(f"invalid run id {job.run_id!r}: a lowercase uuid", ExitCode.USAGE)
+    return job.run_id
+
+
+async def _stop_when(stop: asyncio.Event | None, run: _Run) -> None:
+    if stop is not None:
+        await stop.wait()
+        await run.stop()
+
+
 class _Run:
     """One run's conversation with its host program (`remote.run`)."""
 
-    def __init__(self, session: Runaway, host: Host, where: Where, package: Pack, run_id: str,
-                 job: Job, commands: tuple[list[str], list[str], list[str]],
-                 env: dict[str, str], stdout: Sink, stderr: Sink) -> None:
-        self.session, self.host, self.where, self.package = session, host, where, package
+    def __init__(self, session: Runaway, host: Host, where: Where, package: Pack | None,
+                 run_id: str, job: Job, commands: tuple[list[str], list[str], list[str]],
+                 env: dict[str, str], stdout: Sink, stderr: Sink,
+                 started: Started | None) -> None:
+        self.session, self.host, self.place, self.package = session, host, where, package
         self.run_id, self.job, self.commands, self.env = run_id, job, commands, env
         self.stdout, self.stderr = stdout, stderr
         self.folder = f"{where[1]}/{run_id}"
@@ -298,10 +374,14 @@ class _Run:
         self.stdout_error: OSError | None = None
         self.unfetched: list[str] = []
         self._started: hosts.Session | None = None
+        self._on_start = started
+        self.where: dict[str, str] = {}
+        self.stopped = False
         self._stopping = False
         self._stopper: asyncio.Future[None] | None = None
 
     async def stop(self) -> None:
+        self.stopped = True
         self._stopping = True
         if self._started is not None:
             await self._started.answer(remote.STOP)
@@ -317,10 +397,11 @@ class _Run:
 
     async def protocol(self) -> int:
         log = self.session._log
-        root = self.where[1]
+        root = self.place[1]
         key = hosts.nonce()
         listed = (self.job.folder / FETCH_IGNORE).exists()
         before, execution, after = self.commands
+        assert self.package is not None
         program = remote.run(key, root, self.package.digest, self.run_id, self.env, before,
                              execution, after, listed)
         log(f"running {self.folder} on {self.host.name}")
@@ -338,7 +419,7 @@ class _Run:
                                        f"{await started.last_message()}", ExitCode.HOST)
                 code = int(word.split()[1])
                 log(f"the script exited with {code}")
-                self.session._archives.setdefault(self.where, {})[self.package.digest] = (
+                self.session._archives.setdefault(self.place, {})[self.package.digest] = (
                     self.job.leave)
                 await self._fetch(started, listed)
             except RunawayError as e:
@@ -358,19 +439,25 @@ class _Run:
     async def _prepare(self, started: hosts.Session) -> None:
         while True:
             word = await started.stdout.until(hosts.discard)
+            if word is not None and word.startswith("where "):
+                self.where = dict(w.partition("=")[::2] for w in word.split()[1:] if "=" in w)
+                continue
             if word == "started":
+                if self._on_start is not None:
+                    self._on_start(self.where)
                 if not self.uploaded:
                     self.session._log("the host already had this code: nothing uploaded")
                 return
             if word == "missing":
-                self.uploaded += await self.session.provide(self.host, self.where,
+                assert self.package is not None
+                self.uploaded += await self.session.provide(self.host, self.place,
                                                             self.package)
                 await started.answer(remote.GO)
                 continue
             if word == "unprepared":
                 raise RunawayError(f"cannot prepare the run folder {self.folder} on "
                                    f"{self.host.name} (see the message above)", ExitCode.HOST)
-            raise RunawayError(f"cannot start the run in {self.where[1]} on {self.host.name}: "
+            raise RunawayError(f"cannot start the run in {self.place[1]} on {self.host.name}: "
                                f"{await started.last_message()}", ExitCode.HOST)
 
     async def _fetch(self, started: hosts.Session, listed: bool) -> None:
@@ -388,7 +475,7 @@ class _Run:
             await started.process.write(f"{len(wanted)}\n".encode() + wanted)
         where = f"{self.host.name}:{self.folder}"
         # Next to the results' place: the same file system, and a hidden name never sent.
-        received = _Received(self.job.folder / f"{STAGING_PREFIX}{self.run_id}.tar")
+        received = _Received(self.job.destination / f"{STAGING_PREFIX}{self.run_id}.tar")
         word = await started.stdout.until(received.write)
         received.close()
         try:
@@ -401,7 +488,7 @@ class _Run:
                                    f"on {where}", ExitCode.FETCH)
             try:
                 self.fetched = await asyncio.to_thread(safe_extract, received.path,
-                                                       self.job.folder)
+                                                       self.job.destination)
             except RunawayError as e:
                 kept = _keep(received.path, self.run_id)
                 e.args = (f"{e.args[0]}; the archive is kept as {kept}; the run folder is kept "
@@ -503,7 +590,9 @@ def _commands(profile: Profile, script: str, arguments: list[str]
     def commands(section: tuple[str, ...]) -> list[str]:
         return [remote.substitute(c, script, arguments) for c in section]
 
-    return (commands(profile.before_execution), commands(profile.execution),
+    record = [f"{{ printf '$ %s\\n' {remote.q(c)}; {c}; }} >>{RECORD} 2>&1 </dev/null || :"
+              for c in profile.record]
+    return ([*commands(profile.before_execution), *record], commands(profile.execution),
             commands(profile.after_execution))
 
 

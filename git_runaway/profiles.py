@@ -28,7 +28,8 @@ import yaml
 from git_runaway.errors import ExitCode
 from git_runaway.errors import RunawayError
 
-KEYS = ("ssh_config", "host_directory", "before_execution", "execution", "after_execution")
+KEYS = ("ssh_config", "host_directory", "before_execution", "execution", "after_execution",
+        "concurrency", "timeout", "record")
 # Without ssh_config, a profile runs on this machine, like the built-in `local`.
 REQUIRED = ("host_directory", "execution")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -46,6 +47,9 @@ class Profile:
     execution: tuple[str, ...]
     after_execution: tuple[str, ...]
     source: str  # the file it was read from, or "built-in"
+    concurrency: int | None = None  # runs at a time that git expegit jobs run starts
+    timeout: float | None = None  # seconds a run may take before it is stopped
+    record: tuple[str, ...] = ()  # commands whose output is kept with the results
 
 
 LOCAL = Profile(
@@ -207,7 +211,33 @@ def parse(path: Path) -> Profile:
         execution=_commands(data, "execution", fail),
         after_execution=_commands(data, "after_execution", fail),
         source=str(path),
+        concurrency=_concurrency(data.get("concurrency"), fail),
+        timeout=_duration(data.get("timeout"), fail),
+        record=_commands(data, "record", fail),
     )
+
+
+def _concurrency(value: object, fail: Callable[[str], RunawayError]) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= 10_000:
+        raise fail(f"key 'concurrency' must be a whole number from 1 to 10000, not {value!r}")
+    return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: object, fail: Callable[[str], RunawayError]) -> float | None:
+    """Seconds, from 90, "90s", "15m", "2h" or "1d"."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", text)
+    if type(value) is bool or match is None or float(match[1]) <= 0:
+        raise fail(f"key 'timeout' must be a duration such as 90, 90s, 15m, 2h or 1d, not "
+                   f"{value!r}")
+    return float(match[1]) * _UNITS[match[2] or "s"]
 
 
 def _commands(

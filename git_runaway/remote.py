@@ -17,6 +17,9 @@ Layout of a profile's host_directory (ROOT):
   ROOT/<sha256>.users/<uuid>      one marker per run of that code, flock(1)ed while it runs
   ROOT/<sha256>.tar.<uuid>.part   an upload in progress, flock(1)ed while it goes on
   ROOT/<uuid>/                    one run's folder
+  ROOT/<uuid>.exit                the script's exit code, once it ended on its own: a run
+                                  whose runaway died can still be collected (`collect`)
+  ROOT/<uuid>.lost                the connection was lost while the script ran: it was stopped
   ROOT/.lock                      flock(1) lock taken to publish or delete an archive
 
 A run locks its marker before it extracts the code and holds the lock until it ends: a
@@ -85,9 +88,6 @@ def run(nonce: str, root: str, digest: str, uuid: str, env: Mapping[str, str],
     extract = f"tar -xf {digest}.tar --transform='s,^,{uuid}/,S'"
     say = f"printf '%s:%s\\n' {nonce}"
     exports = "".join(f"export {k}={q(v)}; " for k, v in sorted(env.items()))
-    paths = "head -c \"$n\" | " if listed else f"{_find_changed()} | "
-    results = (f"{_find_changed()}; {say} listed; read -r n; " if listed else "") + (
-        f"{paths}tar --null --no-recursion -T - -cf -")
     return program(nonce, f"""cd {q(root)} || exit 1
 while :; do
   {mark} || :
@@ -97,18 +97,55 @@ while :; do
   {say} missing; read -r a && test "$a" = {GO} || {{ rm -f {marker}; exit 1; }}
 done
 cd {uuid} || exit 1
+{say} "where {_WHERE}"
 {exports}{say} started
 trap : {_SIGNALS}; exec 3<&0
 {{ trap '' {_SIGNALS}; while read -r l <&3; do test "$l" = {STOP} && break; done
+  test "$l" = {STOP} || : >../{uuid}.lost
   kill -INT 0; sleep 1; kill -INT 0; sleep 4; kill -TERM 0
 }} >/dev/null 2>&1 8>&- & w=$!
 ( {_script(before, execution, after)} ) </dev/null 3<&- 8>&-; rc=$?
 trap '' PIPE; {say} done >&2; {{ kill -9 $w; wait $w; }} 2>/dev/null
+test -e ../{uuid}.lost || echo $rc >../{uuid}.exit
 {say} "exit $rc"
-{_report_unfetched()}; {results}; t=$?
+{_send_results(nonce, uuid, marker, listed)}""")
+
+
+def _send_results(nonce: str, uuid: str, marker: str, listed: bool) -> str:
+    """From the run folder: name what cannot be sent, send the results' tar, then remove
+    the run folder once runaway says it has them (`clean`), or keep it."""
+    say = f"printf '%s:%s\\n' {nonce}"
+    paths = "head -c \"$n\" | " if listed else f"{_find_changed()} | "
+    results = (f"{_find_changed()}; {say} listed; read -r n; " if listed else "") + (
+        f"{paths}tar --null --no-recursion -T - -cf -")
+    return f"""{_report_unfetched()}; {results}; t=$?
 {say} "end $t"
 while read -r a; do test "$a" = {STOP} || break; done
-cd .. && if test "$a" = {CLEAN}; then rm -rf {uuid} {marker}; else rm -f {marker}; fi""")
+cd .. && if test "$a" = {CLEAN}; then rm -rf {uuid} {marker} {uuid}.exit {uuid}.lost
+else rm -f {marker}; fi"""
+
+
+# Where a run ran, as `key=value` words: its node, system, CPUs and GPUs (device files, not
+# nvidia-smi, which can take seconds).
+_WHERE = ("node=$(uname -n) os=$(uname -s)-$(uname -r) cpus=$(nproc 2>/dev/null || echo 0)"
+          " gpus=$(ls /dev/nvidia[0-9]* 2>/dev/null | wc -l | tr -d ' ')")
+
+
+def collect(nonce: str, root: str, uuid: str, listed: bool) -> str:
+    """Find a run whose runaway went away: `gone` (no run folder), `busy` (its program
+    still holds its marker), `lost` (stopped with the connection, or no exit code: the run
+    folder is removed), or `exit CODE` then the results as `run` sends them."""
+    say = f"printf '%s:%s\\n' {nonce}"
+    return program(nonce, f"""cd {q(root)} || exit 1
+test -d {uuid} || {{ {say} gone; exit 0; }}
+marker={uuid}.nomarker
+for m in *.users/{uuid}; do test -e "$m" || continue
+  flock -n "$m" true || {{ {say} busy; exit 0; }}; marker=$m; done
+if test -e {uuid}.lost || ! test -s {uuid}.exit; then
+  rm -rf {uuid} {uuid}.exit {uuid}.lost "$marker"; {say} lost; exit 0; fi
+rc=$(cat {uuid}.exit); cd {uuid} || exit 1
+{say} "exit $rc"
+{_send_results(nonce, uuid, '"$marker"', listed)}""")
 
 
 def _script(before: list[str], execution: list[str], after: list[str]) -> str:
@@ -195,6 +232,7 @@ def clean(nonce: str, root: str) -> str:
 {_unpin('*')}
 for u in {uuid}; do test -d "$u" || continue; set -- *.users/"$u"
   test -e "$1" || {{ rm -rf "$u" && echo "run folder $u"; }}; done
+for f in *.exit *.lost; do test -e "$f" && ! test -d "${{f%.*}}" && rm -f "$f"; done
 for t in *.tar; do test -e "$t" || continue; d=${{t%.tar}}
   rmdir "$d.users" 2>/dev/null; test -d "$d.users" || {{ rm -f "$t" && echo "archive $t"; }}; done
 for p in *.tar.*.part; do test -e "$p" && flock -n "$p" true && rm -f "$p" && echo "upload $p"

@@ -66,15 +66,24 @@ def test_list_shows_every_profile_with_its_source(home: Path, repo: Path):
     ("ssh_config: [unclosed\n",
      "is not valid YAML at line 2: expected ',' or ']', but got '<stream end>'"),
     ("- a list\n", "must be a mapping with the keys ssh_config, host_directory, "
-     "before_execution, execution, after_execution"),
+     "before_execution, execution, after_execution, concurrency, timeout, record"),
     ("ssh_config: h\nhost_directory: d\nexecution: [x]\nexecute: [y]\n",
      "unknown key 'execute'; allowed keys: ssh_config, host_directory, before_execution, "
-     "execution, after_execution"),
+     "execution, after_execution, concurrency, timeout, record"),
     ("ssh_config: h\nexecution: [x]\n", "missing key 'host_directory'; allowed keys: ssh_config, "
-     "host_directory, before_execution, execution, after_execution"),
+     "host_directory, before_execution, execution, after_execution, concurrency, timeout, "
+     "record"),
     ("ssh_config: h\nhost_directory: d\nexecution: [1]\n",
      "key 'execution' must be a list of shell commands"),
     ("ssh_config: [h]\nhost_directory: d\nexecution: [x]\n", "key 'ssh_config' must be a string"),
+    ("host_directory: d\nexecution: [x]\nconcurrency: 0\n",
+     "key 'concurrency' must be a whole number from 1 to 10000, not 0"),
+    ("host_directory: d\nexecution: [x]\nconcurrency: '4'\n",
+     "key 'concurrency' must be a whole number from 1 to 10000, not '4'"),
+    ("host_directory: d\nexecution: [x]\ntimeout: 2 weeks\n",
+     "key 'timeout' must be a duration such as 90, 90s, 15m, 2h or 1d, not '2 weeks'"),
+    ("host_directory: d\nexecution: [x]\nrecord: pip freeze\nrecord: [1]\n",
+     "key 'record' must be a list of shell commands"),
 ])
 def test_bad_profile_files_get_one_line_errors(home: Path, tmp_path: Path, text: str,
                                                message: str):

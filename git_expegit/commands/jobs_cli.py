@@ -1,0 +1,211 @@
+"""jobs run, jobs wait, jobs reschedule and jobs delete, as the user sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from git_expegit import campaign
+from git_expegit import catalog
+from git_expegit import executions
+from git_expegit import parameters
+from git_expegit import queue
+from git_expegit import runner
+from git_expegit import sweep
+from git_expegit import sync as syncing
+from git_expegit.agent import control
+from git_expegit.commands.output import logger
+from git_expegit.commands.output import warn
+from git_expegit.errors import ExitCode
+from git_expegit.errors import ExpegitError
+
+if TYPE_CHECKING:
+    from git_expegit.main import Args
+
+
+def dispatch(a: Args) -> int:
+    if a.flag("run"):
+        return run(a.cwd, str(a.opt("PROFILE")), a.opt("COMMIT") or None, a.opt("EXPR"),
+                   a.int("--repeat", 1, 100_000) or 1, a.int("--workers", 1, 10_000),
+                   a.opt("--name"), a.flag("--new-only"), a.int("--retries", 0, 100) or 0,
+                   a.flag("--detach"), a.flag("--verbose"))
+    if a.flag("wait"):
+        return wait(a.cwd, a.opt("--name"))
+    if a.flag("reschedule"):
+        return reschedule(a.cwd, a.list("IDS"), a.flag("--failed"), a.opt("--name"),
+                          a.opt("--profile"), a.flag("--push"), a.flag("--verbose"))
+    return delete(a.cwd, a.list("IDS"), a.flag("--push"), a.flag("--verbose"))
+
+
+def run(cwd: Path, profile: str, commit: str | None, expression: str | None, repeat: int,
+        workers: int | None, name: str | None, new_only: bool, retries: int, detach: bool,
+        verbose: bool) -> int:
+    strings = _strings(expression, repeat)
+    found = campaign.find(cwd)
+    # Everything is checked before anything is created.
+    runner.check_profile(found, profile)
+    executions.check_profile(profile)
+    if name is not None:
+        executions.check_name(name)
+    full = executions.experiment_commit(found, commit)
+    runner.check_code(found, full)
+    batch = queue.enqueue(found, full, strings, profile, name=name, new_only=new_only)
+    log = logger(verbose)
+    if batch.skipped:
+        print(f"skipped {batch.skipped} execution(s) that already finished", file=sys.stderr)
+    print(f"batch {batch.name}: {len(batch.ids)} execution(s) of {full[:12]} on {profile}",
+          file=sys.stderr)
+    if not batch.ids:
+        return 0
+    if detach:
+        control.ensure_running(found)
+        print(batch.name)
+        return 0
+    with queue.runner_lock(found) as ours:
+        if not ours:
+            print("this clone's agent runs its queue: waiting for it", file=sys.stderr)
+            control.ensure_running(found)
+            return wait(cwd, batch.name)
+        chosen = set(batch.ids)
+        summary = _run(found, lambda: [e for e in queue.mine(found) if e.id in chosen],
+                       workers, retries, log)
+    _sync(found)
+    return _report(found, summary, cwd)
+
+
+def _strings(expression: str | None, repeat: int) -> list[str]:
+    if expression is None or not expression.strip():
+        return [""] * repeat
+    parameters.check(expression, "the parameter expression")
+    try:
+        strings = sweep.expand(expression, repeat)
+    except sweep.SweepError as e:
+        raise ExpegitError(f"bad parameter expression at {e}", ExitCode.INPUT) from None
+    parameters.check_strings(strings)
+    return strings
+
+
+def _run(found: campaign.Campaign, select: runner.Select, workers: int | None, retries: int,
+         log: Callable[[str], None]) -> runner.Summary:
+    """Run with Ctrl-C handled: the first stops launching, the second cancels the runs."""
+    the_runner = runner.Runner(found, _plain, workers, retries, log)
+
+    def interrupted() -> None:
+        if the_runner._launching:
+            print("interrupted: no new run starts; the running ones finish (Ctrl-C again "
+                  "to stop them)", file=sys.stderr, flush=True)
+            the_runner.stop_launching()
+        else:
+            print("interrupted again: stopping the running executions", file=sys.stderr,
+                  flush=True)
+            the_runner.cancel()
+
+    async def main() -> runner.Summary:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        try:
+            return await the_runner.run(select)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    return asyncio.run(main())
+
+
+def _plain(change: runner.Change) -> None:
+    print(f"{change.execution[:8]} {change.state} {change.detail}".rstrip(), file=sys.stderr,
+          flush=True)
+
+
+def _sync(found: campaign.Campaign) -> None:
+    if not syncing.has_remote(found):
+        return
+    try:
+        syncing.sync(found)
+    except ExpegitError as e:
+        warn(f"the results are committed here but not synced ({e}); run git expegit sync")
+
+
+def _report(found: campaign.Campaign, summary: runner.Summary, cwd: Path) -> int:
+    done, failed = len(summary.finished), len(summary.failed)
+    print(f"{done} finished, {failed} failed, {len(summary.queued)} left queued",
+          file=sys.stderr)
+    for execution, why in summary.failed:
+        where = found.root / campaign.folder(execution)
+        print(f"  failed {execution[:8]}: {why}; logs in {where}", file=sys.stderr)
+    if summary.queued:
+        print("  the executions left queued run with git expegit agent start, or go with "
+              "git expegit jobs delete", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    return 0 if not failed else ExitCode.FAILED
+
+
+def wait(cwd: Path, name: str | None) -> int:
+    from git_expegit.commands import wait_cli
+
+    return wait_cli.wait(cwd, name)
+
+
+def reschedule(cwd: Path, ids: Sequence[str], failed: bool, name: str | None,
+               profile: str | None, push: bool, verbose: bool) -> int:
+    found = campaign.find(cwd)
+    every = catalog.executions(found)
+    if failed:
+        chosen = [e for e in every if e.state == "failed"]
+    elif name is not None:
+        chosen = [e for e in every if queue.batch_of(e) == name]
+        if not chosen:
+            raise ExpegitError(f"no batch named {name!r}: see git expegit list",
+                               ExitCode.INPUT)
+    else:
+        chosen = [catalog.resolve_in(every, prefix) for prefix in ids]
+    if profile is not None:
+        runner.check_profile(found, profile)
+    if not chosen:
+        print("nothing to reschedule", file=sys.stderr)
+        return ExitCode.FAILED
+    with syncing.pushing(found, push):
+        done = queue.reschedule(found, chosen, profile)
+    logger(verbose)(f"rescheduled {len(done)} execution(s)")
+    print(f"queued {len(done)} execution(s) again: git expegit agent start runs them, or "
+          "git expegit jobs wait", file=sys.stderr)
+    return 0
+
+
+def delete(cwd: Path, ids: Sequence[str], push: bool, verbose: bool) -> int:
+    found = campaign.find(cwd)
+    every = catalog.executions(found)
+    chosen = [catalog.resolve_in(every, prefix) for prefix in ids]
+    for execution in [e for e in chosen if e.state == "running"]:
+        _cancel(found, execution)
+    with syncing.pushing(found, push):
+        for execution in chosen:
+            queue.release(found, execution.id)
+            queue.forget_cancel(found, execution.id)
+            executions.remove(found, execution, force=True)
+    logger(verbose)(f"deleted {len(chosen)} execution(s)")
+    return 0
+
+
+def _cancel(found: campaign.Campaign, execution: catalog.Execution) -> None:
+    """Have the runner that runs it stop it, and wait until its end is recorded."""
+    if queue.runner_pid(found) is None:
+        return  # no runner: nothing runs it any more (its claim is dropped with it)
+    queue.request_cancel(found, execution.id)
+    print(f"stopping execution {execution.id[:8]}", file=sys.stderr)
+    deadline = time.monotonic() + _CANCEL_SECONDS
+    while time.monotonic() < deadline:
+        if catalog.resolve_in(catalog.executions(found), execution.id).state != "running":
+            return
+        time.sleep(0.2)
+    raise ExpegitError(f"execution {execution.id[:8]} did not stop within "
+                       f"{_CANCEL_SECONDS} s: retry, or stop its runner (git expegit agent "
+                       "stop)", ExitCode.FAILED)
+
+
+_CANCEL_SECONDS = 60
