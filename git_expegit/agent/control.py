@@ -128,12 +128,13 @@ def ensure_running(campaign: Campaign) -> None:
               "expegit agent start", file=sys.stderr, flush=True)
 
 
-def start(campaign: Campaign) -> int:
-    """Start the agent and return its pid once it holds its lock."""
+def start(campaign: Campaign, verbose: bool = False) -> int:
+    """Start the agent and return its pid once it holds its lock. `verbose`: its log has
+    what runaway says too (connections, uploads), not only the state changes."""
     pid = running(campaign)
     if pid is not None:
         raise ExpegitError(f"the agent runs already (pid {pid})", ExitCode.FAILED)
-    child = _spawn(campaign)
+    child = _spawn(campaign, verbose)
     deadline = time.monotonic() + STARTING
     while time.monotonic() < deadline:
         pid = running(campaign)
@@ -148,7 +149,7 @@ def start(campaign: Campaign) -> int:
     raise ExpegitError(f"the agent did not start: see {log_path(campaign)}", ExitCode.FAILED)
 
 
-def _spawn(campaign: Campaign) -> subprocess.Popen[bytes]:
+def _spawn(campaign: Campaign, verbose: bool = False) -> subprocess.Popen[bytes]:
     """`git expegit agent run`, detached: its own session, no terminal, its own log."""
     log = log_path(campaign)
     with contextlib.suppress(OSError):
@@ -156,7 +157,9 @@ def _spawn(campaign: Campaign) -> subprocess.Popen[bytes]:
             os.replace(log, log.with_name(LOG + ".1"))
     env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCAL}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "git_expegit", "agent", "run"],
+        command = [sys.executable, "-m", "git_expegit", *(["-v"] if verbose else []),
+                   "agent", "run"]
+        return subprocess.Popen(command,
                                 cwd=campaign.root, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, close_fds=True,
                                 start_new_session=True)

@@ -63,8 +63,9 @@ def log_line(message: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
 
 
-def run(campaign: Campaign, log: Log = log_line) -> int:
-    """Run the agent until it is stopped or idle; refuse if this clone has one already."""
+def run(campaign: Campaign, log: Log = log_line, verbose: bool = False) -> int:
+    """Run the agent until it is stopped or idle; refuse if this clone has one already.
+    `verbose`: log what runaway says too, not only the state changes."""
     first = True
     while True:
         with control.holding(campaign) as held:
@@ -73,7 +74,7 @@ def run(campaign: Campaign, log: Log = log_line) -> int:
                     return 0  # another agent started as this one was leaving: it takes over
                 raise ExpegitError(f"the agent runs already (pid {control.running(campaign)})",
                                    ExitCode.FAILED)
-            ended = Agent(campaign, log).run()
+            ended = Agent(campaign, log, verbose).run()
         # The lock is free now, so a writer that queues from here on starts a new agent; one
         # that queued before saw this agent running and counted on it: look once more.
         if ended != "idle" or not _queued(campaign):
@@ -139,9 +140,10 @@ class Watcher(FileSystemEventHandler):
 
 
 class Agent:
-    def __init__(self, campaign: Campaign, log: Log) -> None:
+    def __init__(self, campaign: Campaign, log: Log, verbose: bool = False) -> None:
         self.campaign = campaign
         self.log = log
+        self.verbose = verbose
         self.idle = idle_seconds(campaign, log)
         self.watcher = Watcher(campaign)
         self.stopping = False
@@ -153,7 +155,7 @@ class Agent:
         self.synced = 0  # ... of which a sync has pushed
         self.sync_at = 0.0  # time.monotonic() before which no sync is tried
         self.backoff = 0.0  # the last delay after a failed sync; 0 when the last one worked
-        self.remote = sync.REMOTE in campaign.repo.remotes.names()
+        self.remote = sync.has_remote(campaign)
 
     # The cycle --------------------------------------------------------------------------------
 
@@ -269,7 +271,8 @@ class Agent:
 
     async def _run_async(self) -> Summary:
         loop = asyncio.get_running_loop()
-        runner = Runner(self.campaign, listen=self._change, log=self.log)
+        runner = Runner(self.campaign, listen=self._change,
+                        log=self.log if self.verbose else None)
         self.runner = runner
         self.loop = loop  # from now on a signal reaches the runner through the loop
         self.watcher.on_queue = lambda: _soon(loop, runner.poke)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def dispatch(a: Args) -> int:
     found = campaign.find(a.cwd)
     if a.flag("start"):
-        pid = control.start(found)
+        pid = control.start(found, a.flag("--verbose"))
         print(f"agent started (pid {pid}); its log: "
               f"{relative(control.log_path(found), a.cwd)}")
         return 0
@@ -29,7 +29,7 @@ def dispatch(a: Args) -> int:
         return _status(found)
     from git_expegit.agent import loop
 
-    return loop.run(found)
+    return loop.run(found, verbose=a.flag("--verbose"))
 
 
 def _status(found: campaign.Campaign) -> int:
