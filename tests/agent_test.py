@@ -276,6 +276,27 @@ def test_it_waits_for_a_foreground_runner_then_takes_over(clone: Path) -> None:
     until(lambda: all_finished(clone, 2), "the agent to take over")
 
 
+def test_stop_while_it_waits_for_a_foreground_runner(clone: Path) -> None:
+    with queue.runner_lock(find(clone)) as ours:
+        assert ours
+        enqueue(clone, 1)
+        start(clone)
+        until(lambda: "waiting for this clone's runner to end" in log(clone), "the agent to wait")
+        expegit("agent", "stop", cwd=clone)
+        assert states(clone) == Counter({"queued": 1})
+
+
+def test_no_batch_is_left_behind_by_an_agent_leaving(clone: Path) -> None:
+    """With no idle time, agents leave as soon as the queue is empty, while batches keep
+    coming, each followed by ensure_running (as jobs run --detach does)."""
+    git("config", "expegit.agentIdleSeconds", "0", cwd=clone)
+    for _ in range(6):
+        enqueue(clone, 1)
+        control.ensure_running(find(clone))
+        until(lambda: states(clone)["queued"] == 0, "the batch to be taken")
+    until(lambda: all_finished(clone, 6), "every batch to finish")
+
+
 def test_offline_it_finishes_here_and_syncs_when_the_remote_is_back(
         clone: Path, tmp_path: Path) -> None:
     git("config", "expegit.agentIdleSeconds", "1", cwd=clone)

@@ -42,6 +42,7 @@ from git_expegit import queue
 from git_expegit import sync
 from git_expegit.agent import control
 from git_expegit.campaign import Campaign
+from git_expegit.catalog import Execution
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 from git_expegit.record import State
@@ -75,16 +76,32 @@ def run(campaign: Campaign, log: Log = log_line, verbose: bool = False) -> int:
                 raise ExpegitError(f"the agent runs already (pid {control.running(campaign)})",
                                    ExitCode.FAILED)
             ended = Agent(campaign, log, verbose).run()
-        # The lock is free now, so a writer that queues from here on starts a new agent; one
-        # that queued before saw this agent running and counted on it: look once more.
-        if ended != "idle" or not _queued(campaign):
+        if ended != "idle":
+            return 0
+        # The lock is free now, so a writer that queues (or commits a request) from here on
+        # starts a new agent; one that did before saw this agent running and counted on it:
+        # look once more.
+        expand(campaign, log)
+        if not queue.mine(campaign) and not queue.claims(campaign):
             return 0
         first = False
         log("work arrived as the agent was leaving: staying")
 
 
-def _queued(campaign: Campaign) -> bool:
-    return bool(queue.mine(campaign)) or bool(queue.claims(campaign))
+def expand(campaign: Campaign, log: Log) -> None:
+    """Expand the batch requests of new commits (the hook's), if any."""
+    try:
+        requests = importlib.import_module("git_expegit.requests")
+    except ModuleNotFoundError as e:
+        if e.name != "git_expegit.requests":
+            raise
+        # TODO(issue 9 §2): git_expegit/requests.py (batch requests in commit trailers)
+        # lands with the hook; until it is merged there is nothing to expand.
+        return
+    try:
+        requests.expand_pending(campaign)
+    except Exception as e:  # a bad request must not end the agent
+        log(f"expanding requests failed: {_error(e)}")
 
 
 def idle_seconds(campaign: Campaign, log: Log) -> float:
@@ -184,7 +201,7 @@ class Agent:
         while not self.stopping:
             if check:
                 self.watcher.woken.clear()  # before looking: a later change wakes us again
-                self._expand()
+                expand(self.campaign, self.log)
                 if self._work():
                     summary = self._run_queue()
                     busy_until = time.monotonic()
@@ -217,21 +234,6 @@ class Agent:
     def _work(self) -> bool:
         owned = queue.mine(self.campaign, states=(State.QUEUED, State.RUNNING))
         return bool(owned) or bool(queue.claims(self.campaign))
-
-    def _expand(self) -> None:
-        """Expand the batch requests of new commits (the hook's), if any."""
-        try:
-            requests = importlib.import_module("git_expegit.requests")
-        except ModuleNotFoundError as e:
-            if e.name != "git_expegit.requests":
-                raise
-            # TODO(issue 9 §2): git_expegit/requests.py (batch requests in commit trailers)
-            # lands with the hook; until it is merged there is nothing to expand.
-            return
-        try:
-            requests.expand_pending(self.campaign)
-        except Exception as e:
-            self.log(f"expanding requests failed: {_error(e)}")
 
     # Running the queue ------------------------------------------------------------------------
 
@@ -280,7 +282,7 @@ class Agent:
             self._stop_runs()
         pushing = asyncio.create_task(self._sync_while_busy())
         try:
-            return await runner.run(lambda: queue.mine(self.campaign))
+            return await runner.run(self._owned)
         finally:
             self.watcher.on_queue = None
             self.loop = None
@@ -288,6 +290,13 @@ class Agent:
             pushing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pushing
+
+    def _owned(self) -> list[Execution]:
+        """The queue, read under the campaign's lock: a transaction moves the refs (which
+        wakes the agent) before it writes the work tree, and a run must not start in a
+        folder that is still being written."""
+        with self.campaign.locked():
+            return queue.mine(self.campaign)
 
     def _change(self, change: Change) -> None:
         detail = f" ({change.detail})" if change.detail else ""
