@@ -381,3 +381,48 @@ def test_the_log_is_kept_short(clone: Path) -> None:
     assert (path.parent / "agent.log.1").stat().st_size > control.LOG_LIMIT
     until(lambda: "started" in log(clone), "the new log")
     assert "old line" not in log(clone)
+
+
+# Other writers ------------------------------------------------------------------------------
+
+def test_an_execution_queued_in_another_clone_is_never_run_here(
+        clone: Path, tmp_path: Path, outside: Path) -> None:
+    other = tmp_path / "other"
+    expegit("clone", str(tmp_path / "campaign.git"), str(other), cwd=tmp_path)
+    start(other)
+    until(lambda: "started" in log(other), "the other agent's first line")
+    ids = enqueue(clone, 2)  # queued for `clone`, whose agent does not run yet
+    expegit("sync", cwd=clone)
+    expegit("sync", cwd=other)  # the refs move there: its agent wakes and looks
+    assert states(other) == Counter({"queued": 2})
+    status = expegit("agent", "status", cwd=other).stdout
+    assert "queued   0" in status  # none of them is its own
+    start(clone)
+    until(lambda: all_finished(clone, 2), "the owner's agent to run them")
+    expegit("agent", "stop", cwd=other)  # it syncs, then leaves
+    assert " running (" not in log(other)
+    assert sorted(runs(outside)) == ["--x=0", "--x=1"] and len(ids) == 2
+
+
+def test_user_commits_during_a_batch(clone: Path, outside: Path) -> None:
+    """The user commits in a loop while the agent finishes runs on the same branch: every
+    commit of both lands, nothing is lost or corrupted (a user's commit that races the
+    agent's may fail, as with any two git writers, and is retried)."""
+    (outside / "pause").write_text("0.3\n")
+    enqueue(clone, 8)
+    start(clone)
+    made, last = 0, False
+    while not (last and made >= 10 and all_finished(clone, 8)):
+        (clone / "notes.txt").write_text(f"{made}\n")
+        add = subprocess.run(["git", "add", "notes.txt"], cwd=clone, capture_output=True)
+        done = subprocess.run(["git", "commit", "-q", "-m", f"user {made}"], cwd=clone,
+                              capture_output=True)
+        last = add.returncode == 0 and done.returncode == 0  # else: index.lock taken, retry
+        made += last
+        assert made < 500
+    subjects = git("log", "--format=%s", cwd=clone).splitlines()
+    assert {f"user {i}" for i in range(made)} <= set(subjects)
+    assert sum(1 for s in subjects if s.startswith("Finish execution")) == 8
+    git("fsck", "--no-progress", cwd=clone)
+    assert git("status", "--porcelain", cwd=clone) == ""
+    assert (clone / "notes.txt").read_text() == f"{made - 1}\n"
