@@ -247,7 +247,7 @@ def connection_of(host: hosts.Host) -> asyncssh.SSHClientConnection:
     """The asyncssh connection under runaway's host, for the bare commands: one plain ssh
     exec each (no /bin/sh -s, no markers), what a user types after `ssh host`."""
     check(isinstance(host, SshHost), f"expected an ssh host, got {host!r}")
-    return host._connection  # type: ignore[attr-defined, no-any-return]
+    return host.connection()
 
 
 @dataclasses.dataclass

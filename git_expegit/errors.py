@@ -26,3 +26,8 @@ class ExpegitError(Exception):
         super().__init__(message)
         self.code = code
         self.detail = detail  # what a failed git command said in full, shown with -v
+
+
+class Busy(ExpegitError):
+    """Another writer got in the way (a ref moved, a lock held): nothing was changed, and
+    the same change may go through if tried again. The agent and the runner retry it."""

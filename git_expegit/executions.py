@@ -43,7 +43,8 @@ GITIGNORE = (b"# Added by git expegit: only results are committed; the code is d
 LFS_ATTRIBUTES = (b"* filter=lfs diff=lfs merge=lfs -text\n"
                   b".gitattributes -filter -diff -merge text\n")
 # What an execution's folder holds besides the code: everything else a run creates is lost.
-KEPT = (".gitignore", "data", "stdout", "stderr")
+# environment.txt: the output of the profile's `record:` commands (git_runaway's RECORD).
+KEPT = (".gitignore", "data", "stdout", "stderr", "environment.txt")
 # How many names of files created outside data/ a note records.
 _OUTSIDE_NAMES = 20
 
@@ -143,14 +144,18 @@ def finish(campaign: Campaign, execution: Execution, exit_code: int | None) -> F
     return finish_many(campaign, [Ending(execution, exit_code)], strict=True)[execution.id]
 
 
-def finish_many(campaign: Campaign, endings: Sequence[Ending],
-                strict: bool = False) -> dict[ExecutionId, Finished]:
-    """Finish several executions in one transaction: one ref move for all. With `strict`,
-    one that cannot be finished fails them all; without, it is left out (removed or
-    finished meanwhile, a git repository among its results) and missing from the answer."""
+def finish_many(campaign: Campaign, endings: Sequence[Ending], strict: bool = False,
+                events: Sequence[tuple[Execution, str, Mapping[str, object]]] = ()
+                ) -> dict[ExecutionId, Finished]:
+    """Finish several executions in one transaction: one ref move for all, with `events`
+    (running...) logged first. With `strict`, one that cannot be finished fails them all;
+    without, it is left out (removed or finished meanwhile, a git repository among its
+    results) and missing from the answer."""
     git.require_lfs(campaign.root, campaign.repo)
     done: dict[ExecutionId, Finished] = {}
     with transaction.begin(campaign) as tx:
+        for execution, kind, fields in events:
+            tx.log(execution.creation, kind, **fields)
         chosen = []
         for ending in endings:
             try:
@@ -162,6 +167,8 @@ def finish_many(campaign: Campaign, endings: Sequence[Ending],
                 continue
             chosen.append(ending)
         if not chosen:
+            if events:
+                tx.publish("finish", worktree=False)
             return done
         trees = _add_results(tx, [folder(e.execution.id) for e in chosen])
         for ending in chosen:
@@ -208,8 +215,9 @@ def _add_results(tx: transaction.Transaction, paths: Sequence[str]) -> dict[str,
     try:
         own = [f"{path}/.gitignore" for path in paths if (root / path / ".gitignore").exists()]
         git.run([*add, *own, *results], root, env=env, what="adding the results")
-        return {path: pygit2.Oid(hex=git.run(["write-tree", f"--prefix={path}/"], root,
-                                             env=env).strip()) for path in paths}
+        top = tx.campaign.repo[git.run(["write-tree"], root, env=env).strip()]
+        assert isinstance(top, pygit2.Tree)
+        return {path: top[path].id for path in paths}
     finally:
         alone.unlink(missing_ok=True)
 

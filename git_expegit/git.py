@@ -7,15 +7,18 @@ Objects and refs are built with pygit2 and `objects.py`; refs are moved here wit
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from git_expegit.errors import Busy
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
@@ -54,7 +57,23 @@ def last_line(stderr: bytes) -> str:
 
 
 def ident(cwd: Path) -> str:
-    """The committer identity and time as git would write them (config and GIT_* env)."""
+    """The committer identity and time as git would write them (config and GIT_* env).
+    Who is asked of git once per process and folder (the agent writes often); the time
+    is now, unless GIT_COMMITTER_DATE fixes it, when git is asked each time."""
+    if os.environ.get("GIT_COMMITTER_DATE"):
+        return _ident(cwd)
+    who = _who(cwd, os.environ.get("GIT_COMMITTER_NAME"), os.environ.get("GIT_COMMITTER_EMAIL"))
+    offset = time.localtime().tm_gmtoff // 60
+    sign = "+" if offset >= 0 else "-"
+    return f"{who} {int(time.time())} {sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
+
+
+@functools.lru_cache(maxsize=16)
+def _who(cwd: Path, name: str | None, email: str | None) -> str:
+    return _ident(cwd).rsplit(" ", 2)[0]
+
+
+def _ident(cwd: Path) -> str:
     return run(["var", "GIT_COMMITTER_IDENT"], cwd,
                what="finding your git identity (set user.name and user.email)").strip()
 
@@ -76,14 +95,14 @@ def update_refs(cwd: Path, moves: Mapping[str, tuple[str | None, str | None]],
         # Only a ref that is not where it was read is a race; a full disk or a read-only
         # repository is reported as what it is.
         if "but expected" in e.detail or "reference already exists" in e.detail:
-            raise ExpegitError("someone changed the repository at the same time (a ref moved "
-                               "while this was built): nothing was changed; retry",
-                               ExitCode.GIT, e.detail) from None
+            raise Busy("someone changed the repository at the same time (a ref moved "
+                       "while this was built): nothing was changed; retry",
+                       ExitCode.GIT, e.detail) from None
         busy = re.search(r"Unable to create '([^']+\.lock)': File exists", e.detail)
         if busy:
-            raise ExpegitError(f"{busy[1]} exists: another git command is moving that ref; "
-                               f"if none is, one died there: remove {busy[1]} and retry "
-                               "(nothing was changed)", ExitCode.GIT, e.detail) from None
+            raise Busy(f"{busy[1]} exists: another git command is moving that ref; "
+                       f"if none is, one died there: remove {busy[1]} and retry "
+                       "(nothing was changed)", ExitCode.GIT, e.detail) from None
         raise ExpegitError(f"{e}; nothing was changed", ExitCode.GIT, e.detail) from None
 
 

@@ -16,7 +16,8 @@ Usage:
   git expegit status
   git expegit list [--state=S] [--profile=P] [--grep=TEXT] [--commit=C] [--format=F]
   git expegit show [ID]
-  git expegit [-v] jobs run [options] PROFILE [COMMIT] [EXPR]
+  git expegit [-v] jobs run [-r N] [-w N] [--name=NAME] [--new-only] [--retries=N] [--detach]
+                           PROFILE [COMMIT] [EXPR]
   git expegit [-v] jobs wait [--name=NAME]
   git expegit [-v] jobs reschedule [-p] [--profile=P] (--failed | --name=NAME | IDS...)
   git expegit [-v] jobs delete [-p] IDS...
@@ -141,11 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("invalid command line; see git expegit -h", ExitCode.USAGE)
     if values["new"] and "--" in raw:  # docopt drops a literal `--` among the PARAMS
         values["PARAMS"] = raw[raw.index("--") + 1:]
-    if values["jobs"] and values["run"] and "--" in raw:  # an EXPR that starts with --
-        after = raw[raw.index("--") + 1:]
-        if len(after) != 1 or values["EXPR"] is not None:
-            return fail("jobs run takes one EXPR after --; see git expegit -h", ExitCode.USAGE)
-        values["EXPR"] = after[0]
+    if values["jobs"] and values["run"]:  # an EXPR that starts with -
+        try:
+            hidden = _expression(raw)
+        except ExpegitError as e:
+            return fail(str(e), e.code)
+        if hidden is not None:
+            if values["EXPR"] is not None:
+                return fail("jobs run takes one parameter expression: quote it",
+                            ExitCode.USAGE)
+            values["EXPR"] = hidden
     args = Args(values, Path.cwd())
     try:
         code = _command(args)(args)
@@ -172,11 +178,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _before_dashes(raw: list[str]) -> list[str]:
-    """`jobs run PROFILE [COMMIT] -- EXPR`: docopt would read an EXPR that starts with `--`
-    as an option, so it sees only what comes before."""
-    if raw[:2] == ["jobs", "run"] and "--" in raw:
+    """`jobs run PROFILE [COMMIT] [--] EXPR`: docopt would read an EXPR that starts with `-`
+    (`--lr=0.1,0.01`) as an option, so it sees only what comes before `--`, and not an
+    EXPR that is no option of jobs run."""
+    if raw[:2] != ["jobs", "run"]:
+        return raw
+    if "--" in raw:
         return raw[:raw.index("--")]
-    return raw
+    return [word for word in raw if not _expression_like(word)]
+
+
+_JOBS_RUN_OPTIONS = ("-w", "--workers", "--name", "--new-only", "--retries", "--detach", "-r",
+                     "--repeat", "-v", "--verbose", "-h", "--help")
+
+
+def _expression_like(word: str) -> bool:
+    return (word.startswith("-") and len(word) > 1
+            and not word.split("=")[0].startswith(_JOBS_RUN_OPTIONS))
+
+
+def _expression(raw: list[str]) -> str | None:
+    """The EXPR that _before_dashes hid from docopt, if any (several: a usage error)."""
+    if "--" in raw:
+        after = raw[raw.index("--") + 1:]
+    else:
+        after = [word for word in raw[2:] if _expression_like(word)]
+    if not after:
+        return None
+    if len(after) != 1:
+        raise ExpegitError("jobs run takes one parameter expression: quote it",
+                           ExitCode.USAGE)
+    return after[0]
 
 
 def _closed_pipe() -> int:

@@ -69,8 +69,8 @@ def enqueue(campaign: Campaign, commit: str, strings: Sequence[str], profile: st
     skipped = len(strings) - len(chosen)
     if not chosen:
         return Batch(name, [], skipped)
-    ids = executions.create(campaign, commit, chosen, profile, batch=name, queued=True,
-                            request=request)
+    ids = transaction.retried(lambda: executions.create(
+        campaign, commit, chosen, profile, batch=name, queued=True, request=request))
     wake(campaign)
     return Batch(name, ids, skipped)
 
@@ -95,7 +95,11 @@ def profile_of(execution: Execution) -> str | None:
 
 
 def batch_of(execution: Execution) -> str | None:
-    return execution.field("batch")
+    """The batch it was created in (a reschedule's reset does not change it)."""
+    for event in record.events(execution.log):
+        if event.kind == "created":
+            return event.field("batch")
+    return None
 
 
 def owner_of(execution: Execution) -> str | None:

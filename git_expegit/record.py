@@ -186,7 +186,8 @@ class Trailer(enum.StrEnum):
 def message(subject: str, trailers: Mapping[Trailer, str | None]) -> str:
     """A commit message with `trailers` (None values left out), each value checked."""
     lines = []
-    for key, value in trailers.items():
+    # Empty values last: libgit2 reads the line after an empty trailer as its value.
+    for key, value in sorted(trailers.items(), key=lambda item: item[1] == ""):
         if value is not None:
             check_value(key, value)
             lines.append(f"{key}: {value}")

@@ -323,20 +323,30 @@ def update_experiment(campaign: Campaign) -> str | None:
             code=ExitCode.REMOTE, what="fetching the experiment")
     newest = git.run(["rev-parse", "--verify", "refs/remotes/origin/HEAD^{commit}"],
                      root / EXPERIMENT, what="finding the experiment's default branch").strip()
+    return newest if pin(campaign, newest) else None
+
+
+def pin(campaign: Campaign, commit: str, check_out: bool = True) -> bool:
+    """Pin the experiment `commit` (in xprp/ already); with `check_out`, xprp/ is checked
+    out there too (update-expe), else its work tree is left alone (a request made in xprp/,
+    where the user works). False when it is pinned already."""
+    root = campaign.root
     with transaction.begin(campaign) as tx:
         pinned = str(tx.head.tree[EXPERIMENT].id) if EXPERIMENT in tx.head.tree else None
-        if pinned == newest:
-            _check_out(root, newest)
-            return None
+        if pinned == commit:
+            if check_out:
+                _check_out(root, commit)
+            return False
         # Local changes there stop everything before a commit; the submodule itself moves
         # with the publish (and with its completion, should this process die).
-        if git.run(["status", "--porcelain", "--untracked-files=no"], root / EXPERIMENT):
+        if check_out and git.run(["status", "--porcelain", "--untracked-files=no"],
+                                 root / EXPERIMENT):
             raise ExpegitError(f"{EXPERIMENT}/ has local changes: commit or stash your changes "
                                "there first", ExitCode.DIRTY)
-        tx.set_entry(EXPERIMENT, Entry(GITLINK, pygit2.Oid(hex=newest)))
-        tx.commit(f"Update the experiment to {newest[:12]}\n")
-        tx.publish("update-expe")
-    return newest
+        tx.set_entry(EXPERIMENT, Entry(GITLINK, pygit2.Oid(hex=commit)))
+        tx.commit(f"Update the experiment to {commit[:12]}\n")
+        tx.publish("update-expe", worktree=check_out)
+    return True
 
 
 def _check_out(root: Path, commit: str) -> None:

@@ -33,6 +33,7 @@ from git_expegit import executions
 from git_expegit import parameters
 from git_expegit import placement
 from git_expegit import queue
+from git_expegit import transaction
 from git_expegit.campaign import Campaign
 from git_expegit.catalog import Execution
 from git_expegit.errors import ExitCode
@@ -42,6 +43,7 @@ from git_expegit.record import DONE
 from git_expegit.record import ExecutionId
 from git_expegit.record import State
 from git_runaway import profiles
+from git_runaway.archive import FETCH_IGNORE
 from git_runaway.archive import Pack
 from git_runaway.archive import pack
 from git_runaway.errors import ExitCode as RunawayCode
@@ -136,21 +138,30 @@ class Runner:
         self._profiles: dict[str, Profile | ExpegitError] = {}
         self._codes: dict[str, asyncio.Future[tuple[Path, Pack]]] = {}
         self._wakeup: asyncio.Event | None = None
+        self._poked = True
         self._recorder = _Recorder(campaign, self._log)
         self._session: Runaway | None = None
         self.summary = Summary()
 
     # Control ----------------------------------------------------------------------------------
 
+    @property
+    def launching(self) -> bool:
+        return self._launching
+
     def poke(self) -> None:
         """The queue changed: read select() again."""
+        self._poked = True
+        self._wake()
+
+    def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
 
     def stop_launching(self) -> None:
         """No new run starts; the running ones end as they would (a first Ctrl-C)."""
         self._launching = False
-        self.poke()
+        self._wake()
 
     def cancel(self) -> None:
         """Stop the running scripts; their results are still fetched and they are recorded
@@ -172,10 +183,16 @@ class Runner:
             self._session = session
             try:
                 await self._recover()
+                pending: list[Execution] = []
+                read = 0.0
                 while True:
                     self._wakeup.clear()
-                    pending = await asyncio.to_thread(select) if self._launching else []
-                    for execution in self._launchable(pending):
+                    # select() reads the whole catalog: again only when poked, when what
+                    # it gave is all started, or after a second (a jobs delete meanwhile).
+                    if self._poked or time.monotonic() - read > 1 or not self._waiting(pending):
+                        self._poked, read = False, time.monotonic()
+                        pending = await asyncio.to_thread(select)
+                    for execution in self._launchable(pending) if self._launching else ():
                         task = asyncio.ensure_future(self._one(execution))
                         tasks.add(task)
                         task.add_done_callback(self._ended_task(tasks))
@@ -195,6 +212,9 @@ class Runner:
                 await self._recorder.drain()
         return self.summary
 
+    def _waiting(self, pending: list[Execution]) -> bool:
+        return any(e.id not in self._active and e.id not in self._ended for e in pending)
+
     def _cancel_requested(self) -> None:
         for execution in queue.cancel_requests(self.campaign) & set(self._stops):
             self._stops[ExecutionId(execution)].set()
@@ -204,7 +224,7 @@ class Runner:
             tasks.discard(task)
             if not task.cancelled() and task.exception() is not None:
                 self._log(f"internal error in a run: {task.exception()!r}")
-            self.poke()
+            self._wake()
         return ended
 
     def _launchable(self, pending: list[Execution]) -> list[Execution]:
@@ -239,10 +259,12 @@ class Runner:
     async def _one(self, execution: Execution) -> None:
         try:
             ending = await self._attempts(execution)
-            await self._end(execution, ending)
         finally:
+            # The slot is free once the run ended: its end is committed with others.
             self._active.pop(execution.id, None)
             self._ended.add(execution.id)
+            self._wake()
+        await self._end(execution, ending)
 
     async def _attempts(self, execution: Execution) -> Ending:
         profile = self._profile(queue.profile_of(execution) or "")
@@ -408,11 +430,22 @@ def _stage_code(campaign: Campaign, commit: str) -> tuple[Path, Pack]:
         try:
             placement.write_code(campaign, commit, staging)
             _skeleton(staging)
+            _keep_logs(staging)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target, pack(target)
+
+
+def _keep_logs(code: Path) -> None:
+    """A run's own files named stdout or stderr must not come back over its logs: they
+    are left on the host (after the experiment's own .fetchignore rules, so they win)."""
+    path = code / FETCH_IGNORE
+    before = path.read_bytes() if path.is_file() else b""
+    path.unlink(missing_ok=True)  # a symlink in the experiment is not followed
+    path.write_bytes(before + (b"" if before.endswith(b"\n") or not before else b"\n")
+                     + b"/stdout\n/stderr\n")
 
 
 def _skeleton(folder: Path) -> None:
@@ -499,5 +532,10 @@ class _Recorder:
 
     def _write(self, events: list[tuple[Execution, str, dict[str, object]]],
                ends: list[Ending]) -> dict[ExecutionId, executions.Finished]:
-        queue.record_events(self._campaign, events)
-        return executions.finish_many(self._campaign, ends) if ends else {}
+        if not ends:
+            transaction.retried(lambda: queue.record_events(self._campaign, events))
+            return {}
+        return transaction.retried(lambda: executions.finish_many(self._campaign, ends,
+                                                                  events=events))
+
+

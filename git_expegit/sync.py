@@ -22,6 +22,7 @@ import pygit2
 from git_expegit import git
 from git_expegit import notes
 from git_expegit import repository
+from git_expegit import requests
 from git_expegit import transaction
 from git_expegit.campaign import EXECUTIONS
 from git_expegit.campaign import EXPERIMENT
@@ -73,6 +74,7 @@ def sync(campaign: Campaign, tries: int = TRIES) -> Report:
             failure = rejected
             merged = _integrate(campaign)
             received, kept = received + merged.received, kept + merged.kept
+            _publish_experiment(campaign)
             if _push(campaign):
                 git.collect_garbage(campaign.root)
                 return Report(received, attempt, kept)
@@ -240,6 +242,45 @@ def _put_new(store: ObjectStore, parts: list[str], folder: pygit2.Oid) -> pygit2
     if len(parts) == 1:
         return store.tree({parts[0]: Entry(TREE, folder)})
     return store.tree({parts[0]: Entry(TREE, _put_new(store, parts[1:], folder))})
+
+
+def _publish_experiment(campaign: Campaign) -> None:
+    """Before the campaign goes up, the experiment commit it pins, when the remote's branch
+    pins another, must be on the experiment's remote, or collaborators could not check it
+    out. A commit that a batch request pinned is pushed there on the branch it was made on
+    (as git push --recurse-submodules=on-demand would); otherwise sync refuses."""
+    repo, xprp = campaign.repo, campaign.root / EXPERIMENT
+    head, branch = campaign.head(), campaign.branch().removeprefix("refs/heads/")
+    theirs = repo.references.get(f"refs/remotes/{REMOTE}/{branch}")
+    ours = None if head is None else _pin(head.tree)
+    if (ours is None or not (xprp / ".git").exists()
+            or (theirs is not None and _pin(repo[theirs.target].peel(pygit2.Tree)) == ours)):
+        return
+    commit = str(ours)
+
+    def on_remote() -> bool:
+        return bool(git.run(["for-each-ref", "--count=1", "--format=x", "--contains", commit,
+                             f"refs/remotes/{REMOTE}"], xprp).strip())
+
+    if on_remote():
+        return
+    git.run([*git.FILE_PROTOCOL, "fetch", "--quiet", REMOTE], xprp, code=ExitCode.REMOTE,
+            what=f"fetching the experiment in {EXPERIMENT}/ (nothing was pushed)")
+    if on_remote():
+        return
+    for ref in git.run(["for-each-ref", "--format=%(refname)", "--contains", commit,
+                        requests.PUSH_REFS.rstrip("/")], xprp).split():
+        made_on = ref.removeprefix(requests.PUSH_REFS)
+        if subprocess.run(["git", *git.FILE_PROTOCOL, "push", "--quiet", REMOTE,
+                           f"{commit}:refs/heads/{made_on}"], cwd=xprp,
+                          capture_output=True).returncode == 0:
+            return
+    raise ExpegitError(f"the campaign pins experiment commit {commit[:12]}, which the "
+                       "experiment's remote does not have, so collaborators could not check "
+                       f"it out: push it (git -C {EXPERIMENT} push {REMOTE} "
+                       f"{commit[:12]}:refs/heads/BRANCH, or git push from your clone), then "
+                       "run git expegit sync again (your work is committed here)",
+                       ExitCode.REMOTE)
 
 
 def _push_lfs(campaign: Campaign) -> None:

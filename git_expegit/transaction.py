@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import TypeVar
 
 import pygit2
 
@@ -45,6 +47,7 @@ from git_expegit import record
 from git_expegit.campaign import EXECUTIONS
 from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
+from git_expegit.errors import Busy
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 from git_expegit.objects import GITLINK
@@ -187,6 +190,24 @@ def begin(campaign: Campaign) -> Iterator[Transaction]:
                 tx._index.unlink(missing_ok=True)
 
 
+T = TypeVar("T")
+# A user's own `git commit` can win the race for the branch, or hold the index a moment:
+# the change is built again on what they made, for up to about a minute.
+_BUSY_RETRIES = 40
+
+
+def retried(write: Callable[[], T]) -> T:
+    """Run `write` (a whole transaction) again while another writer gets in its way."""
+    for attempt in range(_BUSY_RETRIES):
+        try:
+            return write()
+        except Busy:
+            if attempt == _BUSY_RETRIES - 1:
+                raise
+            time.sleep(min(0.05 * 2 ** attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
 # The publish protocol -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -265,6 +286,7 @@ def recover(campaign: Campaign) -> bool:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         _discard(campaign)  # a journal cut short: written before any ref moved
         return True
+    _unlock_refs(campaign, moves)
     moved = _moved(campaign, moves)
     if moved is None:  # the ref transaction was cut between two refs: finish it
         git.update_refs(campaign.root, {ref: move for ref, move in moves.items()
@@ -278,6 +300,14 @@ def recover(campaign: Campaign) -> bool:
     _update_index(campaign, index, changes.index_info)
     _complete(campaign, index, changes, worktree)
     return True
+
+
+def _unlock_refs(campaign: Campaign, moves: Moves) -> None:
+    """The dead process was moving these refs: a `git update-ref` killed with it leaves
+    their .lock files, which would refuse every later move. No live expegit holds them (the
+    caller has the campaign's lock), and no plain `git commit` (our index.lock is there)."""
+    for ref in moves:
+        (campaign.git_dir / f"{ref}.lock").unlink(missing_ok=True)
 
 
 def recover_if_interrupted(campaign: Campaign) -> None:
@@ -414,9 +444,9 @@ def _take_index_lock(campaign: Campaign) -> None:
             raise ExpegitError(f"cannot write in {campaign.git_dir} ({e.strerror}): nothing "
                                "was changed", ExitCode.GIT) from None
     else:
-        raise ExpegitError(f"{lock} exists: another git command is running in this "
-                           "repository; if none is, a git command died there: remove "
-                           f"{lock} and retry", ExitCode.DIRTY)
+        raise Busy(f"{lock} exists: another git command is running in this "
+                   "repository; if none is, a git command died there: remove "
+                   f"{lock} and retry", ExitCode.DIRTY)
     try:
         os.write(fd, LOCK_MARK)
     finally:

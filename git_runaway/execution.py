@@ -6,7 +6,7 @@
             for i in range(100)))
 
 Each run is pack -> send (only if the host lacks that archive) -> run -> fetch -> clean up.
-Runs to one host share one connection, and runs of the same code share one upload: with
+Runs to one host share a few connections, and runs of the same code share one upload: with
 --leave=nothing the archive stays on the host until the session closes, then goes if no run
 (of this session or another) uses it. The CLI, `git expegit jobs run` and the agent all
 call `Runaway.run`; nothing here prints except through the `log` callback.

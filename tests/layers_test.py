@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the data layer never imports: the CLI's parser and layer, the ssh client, the web
-# and watcher libraries, and runaway (only a future runner.py bridges to it).
+# and watcher libraries, and runaway (only runner.py bridges to it).
 FORBIDDEN_IN_DATA = ("docopt", "asyncssh", "starlette", "watchdog", "git_runaway",
                      "git_expegit.commands", "git_expegit.main")
 
@@ -38,9 +38,21 @@ def test_runaway_never_imports_expegit() -> None:
     assert _violations("git_runaway", ("git_expegit",)) == []
 
 
+SHELLS = ("git_expegit/commands/", "git_expegit/main.py", "git_expegit/__main__.py",
+          "git_expegit/agent/")
+
+
 def test_the_data_layer_never_imports_the_cli_or_runaway() -> None:
-    skip = ("git_expegit/commands/", "git_expegit/main.py", "git_expegit/__main__.py")
+    skip = (*SHELLS, "git_expegit/runner.py")
     assert _violations("git_expegit", FORBIDDEN_IN_DATA, skip) == []
+
+
+def test_only_the_runner_imports_runaway() -> None:
+    forbidden = tuple(f for f in FORBIDDEN_IN_DATA if f != "git_runaway")
+    assert [v for v in _violations("git_expegit", ("git_runaway", "asyncssh"))
+            if not v.startswith("git_expegit/runner.py")] == []
+    assert [v for v in _violations("git_expegit", forbidden)
+            if v.startswith("git_expegit/runner.py")] == []
 
 
 def test_the_rules_catch_a_violation(tmp_path: Path) -> None:

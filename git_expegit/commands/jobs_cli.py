@@ -19,9 +19,11 @@ from git_expegit import queue
 from git_expegit import runner
 from git_expegit import sweep
 from git_expegit import sync as syncing
+from git_expegit import transaction
 from git_expegit.agent import control
 from git_expegit.commands.output import logger
 from git_expegit.commands.output import warn
+from git_expegit.commands.progress import Display
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
@@ -73,10 +75,11 @@ def run(cwd: Path, profile: str, commit: str | None, expression: str | None, rep
             control.ensure_running(found)
             return wait(cwd, batch.name)
         chosen = set(batch.ids)
-        summary = _run(found, lambda: [e for e in queue.mine(found) if e.id in chosen],
-                       workers, retries, log)
+        with Display(len(batch.ids)) as display:
+            summary = _run(found, lambda: [e for e in queue.mine(found) if e.id in chosen],
+                           workers, retries, log, display)
     _sync(found)
-    return _report(found, summary, cwd)
+    return _report(summary)
 
 
 def _strings(expression: str | None, repeat: int) -> list[str]:
@@ -92,18 +95,17 @@ def _strings(expression: str | None, repeat: int) -> list[str]:
 
 
 def _run(found: campaign.Campaign, select: runner.Select, workers: int | None, retries: int,
-         log: Callable[[str], None]) -> runner.Summary:
+         log: Callable[[str], None], display: Display) -> runner.Summary:
     """Run with Ctrl-C handled: the first stops launching, the second cancels the runs."""
-    the_runner = runner.Runner(found, _plain, workers, retries, log)
+    the_runner = runner.Runner(found, display.change, workers, retries, log)
 
     def interrupted() -> None:
-        if the_runner._launching:
-            print("interrupted: no new run starts; the running ones finish (Ctrl-C again "
-                  "to stop them)", file=sys.stderr, flush=True)
+        if the_runner.launching:
+            display.note("interrupted: no new run starts; the running ones finish (Ctrl-C "
+                         "again to stop them)")
             the_runner.stop_launching()
         else:
-            print("interrupted again: stopping the running executions", file=sys.stderr,
-                  flush=True)
+            display.note("interrupted again: stopping the running executions")
             the_runner.cancel()
 
     async def main() -> runner.Summary:
@@ -117,32 +119,22 @@ def _run(found: campaign.Campaign, select: runner.Select, workers: int | None, r
     return asyncio.run(main())
 
 
-def _plain(change: runner.Change) -> None:
-    print(f"{change.execution[:8]} {change.state} {change.detail}".rstrip(), file=sys.stderr,
-          flush=True)
-
-
 def _sync(found: campaign.Campaign) -> None:
     if not syncing.has_remote(found):
         return
     try:
-        syncing.sync(found)
+        transaction.retried(lambda: syncing.sync(found))
     except ExpegitError as e:
         warn(f"the results are committed here but not synced ({e}); run git expegit sync")
 
 
-def _report(found: campaign.Campaign, summary: runner.Summary, cwd: Path) -> int:
-    done, failed = len(summary.finished), len(summary.failed)
-    print(f"{done} finished, {failed} failed, {len(summary.queued)} left queued",
-          file=sys.stderr)
-    for execution, why in summary.failed:
-        where = found.root / campaign.folder(execution)
-        print(f"  failed {execution[:8]}: {why}; logs in {where}", file=sys.stderr)
+def _report(summary: runner.Summary) -> int:
+    """The exit code; the display's summary named the failures."""
     if summary.queued:
-        print("  the executions left queued run with git expegit agent start, or go with "
-              "git expegit jobs delete", file=sys.stderr)
+        print(f"expegit: {len(summary.queued)} execution(s) left queued: git expegit agent "
+              "start runs them, git expegit jobs delete removes them", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    return 0 if not failed else ExitCode.FAILED
+    return ExitCode.FAILED if summary.failed else ExitCode.OK
 
 
 def wait(cwd: Path, name: str | None) -> int:

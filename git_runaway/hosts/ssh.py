@@ -1,11 +1,14 @@
 """An ssh host through asyncssh, configured by ~/.ssh/config like OpenSSH.
 
-One connection per host alias carries every concurrent run to it, one channel per command,
-at most `CHANNELS` at a time (OpenSSH's default MaxSessions). Runs hold their channel while
-they wait for an upload of their code: uploads and the other short commands have channels
-of their own, so that they never wait for the runs that wait for them. The connection is compressed
-(zlib@openssh.com) when the server allows it: archives stay named by the hash of the
-uncompressed tar, so code reuse does not depend on a zlib version.
+A host alias is a small pool of connections, one channel per command. sshd allows
+`MaxSessions` channels per connection (10 by default, fewer on some clusters), so a
+connection takes at most `CHANNELS`, and one that refuses a channel is known to be full at
+what it holds: the channel is opened on another connection of the pool, opened when none has
+room. A single run opens one connection, as `ssh` would; N concurrent runs open about N / 10.
+Runs hold their channel while they wait for an upload of their code, which takes a channel
+of its own: the pool grows for it, so that it never waits for the runs that wait for it.
+The connections are compressed (zlib@openssh.com) when the server allows it: archives stay
+named by the hash of the uncompressed tar, so code reuse does not depend on a zlib version.
 """
 
 from __future__ import annotations
@@ -26,27 +29,26 @@ from git_runaway.hosts import CHUNK
 from git_runaway.hosts import Process
 from git_runaway.remote import launcher
 
-CHANNELS = 10
-SHORT_CHANNELS = 2  # of CHANNELS, for the commands other than runs
+CHANNELS = 10  # per connection: OpenSSH's default MaxSessions
 COMPRESSION = ("zlib@openssh.com", "zlib", "none")
 CLOSE_GRACE = 10.0  # seconds a program gets to stop its script once its channel closes
 
 
 class SshProcess:
-    def __init__(self, host: SshHost, process: asyncssh.SSHClientProcess[bytes]) -> None:
-        self._host = host
+    def __init__(self, link: _Link, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self._link = link
         self._process = process
 
     async def read(self) -> bytes:
-        with self._host.lost():
+        with self._link.lost():
             return await self._process.stdout.read(CHUNK)
 
     async def read_stderr(self) -> bytes:
-        with self._host.lost():
+        with self._link.lost():
             return await self._process.stderr.read(CHUNK)
 
     async def write(self, data: bytes) -> None:
-        with self._host.lost():
+        with self._link.lost():
             self._process.stdin.write(data)
             await self._process.stdin.drain()
 
@@ -55,69 +57,216 @@ class SshProcess:
             self._process.stdin.write_eof()
 
     async def wait(self) -> int | None:
-        with self._host.lost():
+        with self._link.lost():
             result = await self._process.wait(check=False)
         if result.exit_signal:
             return None
         if result.exit_status is None:
-            self._host.alive = False
-            raise RunawayError(f"connection to {self._host.name!r} lost: the channel closed "
-                               "without an exit status", ExitCode.CONNECTION)
+            self._link.drop()
+            raise RunawayError(f"connection to {self._link.pool.name!r} lost: the channel "
+                               "closed without an exit status", ExitCode.CONNECTION)
         return result.exit_status
 
 
-class SshHost:
-    def __init__(self, name: str, connection: asyncssh.SSHClientConnection) -> None:
-        self.name = name
-        self.alive = True
-        self._connection = connection
-        self._runs = asyncio.Semaphore(CHANNELS - SHORT_CHANNELS)
-        self._short = asyncio.Semaphore(SHORT_CHANNELS)
+class _Link:
+    """One connection of a pool and the channels it carries."""
 
-    @classmethod
-    async def connect(cls, alias: str) -> SshHost:
-        try:
-            # asyncssh reads ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump,
-            # UserKnownHostsFile) and verifies the host key against known_hosts.
-            connection = await asyncssh.connect(alias, compression_algs=COMPRESSION)
-        except asyncssh.HostKeyNotVerifiable as e:
-            raise _host_key_error(alias, e) from None
-        except FileNotFoundError as e:
-            raise RunawayError(
-                f"cannot verify the host key of {alias!r}: {e.filename} does not exist; "
-                f"accept the key with `ssh {alias}` first", ExitCode.CONNECTION) from None
-        except (OSError, asyncssh.Error) as e:
-            raise RunawayError(f"cannot connect to {alias!r}: {_reason(e)}; check `ssh {alias}`",
-                               ExitCode.CONNECTION) from None
-        return cls(alias, connection)
+    def __init__(self, pool: SshHost, connection: asyncssh.SSHClientConnection) -> None:
+        self.pool = pool
+        self.connection = connection
+        self.channels = 0  # open or being opened
+        self.opened = 0  # channels the server ever accepted on it
+        self.room = CHANNELS  # lowered to what the server holds when it refuses one
+        self.gone = False
 
     @contextlib.contextmanager
     def lost(self) -> Iterator[None]:
         try:
             yield
         except (OSError, asyncssh.Error) as e:
-            self.alive = False
-            raise RunawayError(f"connection to {self.name!r} lost: {_reason(e)}",
-                               ExitCode.CONNECTION) from None
+            self.drop()
+            raise self.error(e) from None
+
+    def error(self, error: BaseException) -> RunawayError:
+        return RunawayError(f"connection to {self.pool.name!r} lost: {_reason(error)}",
+                            ExitCode.CONNECTION)
+
+    def drop(self) -> None:
+        """This connection is lost, and likely the others with it: the pool takes no new
+        channel, as the one connection did (the session opens a new pool for the next run);
+        each connection closes once its last channel does."""
+        self.gone = True
+        self.pool.alive = False
+        self.pool.retire()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class SshHost:
+    """The pool of connections to one host alias (the `Host` interface)."""
+
+    def __init__(self, name: str, connection: asyncssh.SSHClientConnection) -> None:
+        self.name = name
+        self.alive = True
+        self._links = [_Link(self, connection)]
+        self._growing = asyncio.Lock()  # one connection opened at a time (sshd's MaxStartups)
+        self._change = asyncio.Event()  # set, and replaced, when a channel opens or closes
+        self._closed = False
+        self._closing: set[asyncio.Future[None]] = set()  # channels being closed
+
+    @classmethod
+    async def connect(cls, alias: str) -> SshHost:
+        return cls(alias, await _connect(alias))
+
+    @property
+    def connections(self) -> int:
+        """How many connections the pool holds open now."""
+        return len(self._links)
+
+    def connection(self) -> asyncssh.SSHClientConnection:
+        """A connection of the pool, for plain ssh commands (the benchmarks')."""
+        return self._links[0].connection
 
     @contextlib.asynccontextmanager
     async def open(self, tag: str) -> AsyncIterator[Process]:
-        async with self._runs if tag == "run" else self._short:
-            with self.lost():
-                process = await self._connection.create_process(launcher(tag), encoding=None)
+        link, process = await self._channel(tag)
+        try:
+            yield SshProcess(link, process)
+        finally:
+            # The end of stdin: the program stops its script and keeps the run folder.
+            # Then close the channel; never a signal mid-packet (see commands/run.py).
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.stdin.write_eof()
+            process.close()
+            # The channel counts until the server closed it too: a new one opened on this
+            # connection before that would be refused (sshd frees its session then).
+            closing = asyncio.ensure_future(self._release_when_closed(link, process))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _release_when_closed(self, link: _Link,
+                                   process: asyncssh.SSHClientProcess[bytes]) -> None:
+        try:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                await process.wait_closed()
+        finally:
+            self._release(link)
+
+    async def _channel(self, tag: str
+                       ) -> tuple[_Link, asyncssh.SSHClientProcess[bytes]]:
+        """A channel running `launcher(tag)`: a refused one is opened on another connection."""
+        again: _Link | None = None
+        while True:
+            link = again or await self._link(tag)
+            link.channels += 1
             try:
-                yield SshProcess(self, process)
-            finally:
-                # The end of stdin: the program stops its script and keeps the run folder.
-                # Then close the channel; never a signal mid-packet (see commands/run.py).
-                with contextlib.suppress(OSError, asyncssh.Error):
-                    process.stdin.write_eof()
-                process.close()
+                process = await link.connection.create_process(launcher(tag), encoding=None)
+            except asyncssh.ChannelOpenError as e:
+                self._release(link)
+                if again is None and link.opened and link.channels < link.room:
+                    # Below its known room: sshd frees the session of a channel just closed
+                    # only after reading the next packets; once more here, a round trip later.
+                    again = link
+                    continue
+                again = None
+                # Full at what it holds now (MaxSessions): never below one.
+                link.room = max(1, min(link.room, link.channels))
+                while not link.opened and link.channels:  # others are being opened on it
+                    await self._change.wait()
+                if link.gone:
+                    raise link.error(e) from None
+                if not link.opened:  # a connection that accepts no channel at all
+                    raise RunawayError(f"{self.name!r} refuses to run commands: {_reason(e)}",
+                                       ExitCode.CONNECTION) from None
+                continue
+            except (OSError, asyncssh.Error) as e:
+                link.drop()
+                self._release(link)
+                raise link.error(e) from None
+            except BaseException:
+                self._release(link)
+                raise
+            link.opened += 1
+            self._changed()
+            return link, process
+
+    async def _link(self, tag: str) -> _Link:
+        """The oldest connection with room for a channel, or a new one."""
+        while True:
+            async with self._growing:
+                if self._closed:
+                    raise RunawayError(f"the connections to {self.name!r} are closed",
+                                       ExitCode.CONNECTION)
+                live = [link for link in self._links if not link.gone]
+                if not live:  # the pool's connections were lost: reported by their runs
+                    raise RunawayError(f"connection to {self.name!r} lost", ExitCode.CONNECTION)
+                free = [link for link in live if link.channels < link.room]
+                if free:
+                    return free[0]
+                freed = self._change
+                try:
+                    connection = await _connect(self.name)
+                except RunawayError:
+                    # The host takes no more connections now: a run waits for a channel of
+                    # those open. Not the other commands: the runs may be waiting for them.
+                    if tag != "run":
+                        raise
+                else:
+                    if self._closed:
+                        connection.close()
+                        continue
+                    link = _Link(self, connection)
+                    self._links.append(link)
+                    return link
+            await freed.wait()  # not holding the lock: an upload may connect meanwhile
+
+    def _release(self, link: _Link) -> None:
+        link.channels -= 1
+        self._changed()
+        if link.channels == 0 and (link.gone or not self.alive):
+            self._remove(link)
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
+
+    def _remove(self, link: _Link) -> None:
+        if link in self._links:
+            self._links.remove(link)
+            link.close()
+
+    def retire(self) -> None:
+        for link in list(self._links):
+            if link.channels == 0:
+                self._remove(link)
 
     async def close(self) -> None:
-        self._connection.close()
-        with contextlib.suppress(Exception):
-            await self._connection.wait_closed()
+        self._closed = True
+        self.alive = False
+        links, self._links = self._links, []
+        for link in links:
+            link.close()
+        for link in links:
+            with contextlib.suppress(Exception):
+                await link.connection.wait_closed()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _connect(alias: str) -> asyncssh.SSHClientConnection:
+    try:
+        # asyncssh reads ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump,
+        # UserKnownHostsFile) and verifies the host key against known_hosts.
+        return await asyncssh.connect(alias, compression_algs=COMPRESSION)
+    except asyncssh.HostKeyNotVerifiable as e:
+        raise _host_key_error(alias, e) from None
+    except FileNotFoundError as e:
+        raise RunawayError(
+            f"cannot verify the host key of {alias!r}: {e.filename} does not exist; "
+            f"accept the key with `ssh {alias}` first", ExitCode.CONNECTION) from None
+    except (OSError, asyncssh.Error) as e:
+        raise RunawayError(f"cannot connect to {alias!r}: {_reason(e)}; check `ssh {alias}`",
+                           ExitCode.CONNECTION) from None
 
 
 def _host_key_error(alias: str, error: asyncssh.HostKeyNotVerifiable) -> RunawayError:
