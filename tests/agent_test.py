@@ -240,6 +240,19 @@ def test_an_idle_agent_sleeps_then_wakes_on_the_queue(clone: Path, outside: Path
     assert runs(outside) == Counter({"--x=0": 1, "--x=1": 1, "--x=2": 1})
 
 
+def test_a_commit_with_a_request_runs_its_batch(clone: Path, outside: Path) -> None:
+    """The hook spools the request after the commit moved the refs: the agent wakes on the
+    spool too."""
+    expegit("hooks", "install", cwd=clone)
+    start(clone)
+    until(lambda: "started" in log(clone), "the agent's first line")
+    git("commit", "-q", "--allow-empty", "-m", "sweep", "--trailer", "Expegit-Sweep: --x=0,1",
+        "--trailer", "Expegit-Profile: local", cwd=clone)
+    until(lambda: all_finished(clone, 2), "the requested batch to finish")
+    assert "request expanded: batch" in log(clone)
+    assert runs(outside) == Counter({"--x=0": 1, "--x=1": 1})
+
+
 def test_it_wakes_on_the_refs(clone: Path) -> None:
     """Executions queued without the wake file (a commit, a fetch): the refs moved."""
     start(clone)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import signal
 import threading
@@ -39,6 +38,7 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 from git_expegit import queue
+from git_expegit import requests
 from git_expegit import sync
 from git_expegit.agent import control
 from git_expegit.campaign import Campaign
@@ -89,17 +89,10 @@ def run(campaign: Campaign, log: Log = log_line, verbose: bool = False) -> int:
 
 
 def expand(campaign: Campaign, log: Log) -> None:
-    """Expand the batch requests of new commits (the hook's), if any."""
+    """Expand the batch requests the hook spooled, if any."""
     try:
-        requests = importlib.import_module("git_expegit.requests")
-    except ModuleNotFoundError as e:
-        if e.name != "git_expegit.requests":
-            raise
-        # TODO(issue 9 §2): git_expegit/requests.py (batch requests in commit trailers)
-        # lands with the hook; until it is merged there is nothing to expand.
-        return
-    try:
-        requests.expand_pending(campaign)
+        for batch in requests.expand_pending(campaign):
+            log(f"request expanded: batch {batch.name}, {len(batch.ids)} execution(s)")
     except Exception as e:  # a bad request must not end the agent
         log(f"expanding requests failed: {_error(e)}")
 
@@ -128,6 +121,7 @@ class Watcher(FileSystemEventHandler):
         self.wake_file = str(campaign.state_dir / queue.WAKE)
         self.refs = str(campaign.git_dir / "refs") + os.sep
         self.packed_refs = str(campaign.git_dir / "packed-refs")
+        self.spool = campaign.state_dir / requests.SPOOL  # the hook's batch requests
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
@@ -141,6 +135,8 @@ class Watcher(FileSystemEventHandler):
                     poke()
             elif path.endswith(".lock") or not path:
                 continue
+            elif path.endswith(".json") and os.path.dirname(path) == str(self.spool):
+                self.woken.set()  # a request spooled (by the hook, after its commit)
             elif path.startswith(self.refs) or path == self.packed_refs:
                 self.woken.set()
 
@@ -149,6 +145,8 @@ class Watcher(FileSystemEventHandler):
         observer = Observer(timeout=5.0)  # the longest its threads sleep without an event
         observer.schedule(self, str(campaign.state_dir), recursive=False)
         observer.schedule(self, str(campaign.git_dir), recursive=False)  # packed-refs
+        self.spool.mkdir(exist_ok=True)
+        observer.schedule(self, str(self.spool), recursive=False)
         (campaign.git_dir / "refs").mkdir(exist_ok=True)
         observer.schedule(self, str(campaign.git_dir / "refs"), recursive=True)
         observer.daemon = True
