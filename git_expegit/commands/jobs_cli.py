@@ -83,7 +83,7 @@ def run(cwd: Path, profile: str, commit: str | None, expression: str | None, rep
             summary = _run(found, lambda: [e for e in queue.mine(found) if e.id in chosen],
                            workers, retries, log, display)
     _sync(found)
-    return _report(summary)
+    return _report(found, summary)
 
 
 def _strings(expression: str | None, repeat: int) -> list[str]:
@@ -132,11 +132,13 @@ def _sync(found: campaign.Campaign) -> None:
         warn(f"the results are committed here but not synced ({e}); run git expegit sync")
 
 
-def _report(summary: runner.Summary) -> int:
+def _report(found: campaign.Campaign, summary: runner.Summary) -> int:
     """The exit code; the display's summary named the failures."""
     if summary.queued:
-        print(f"expegit: {len(summary.queued)} execution(s) left queued: git expegit agent "
-              "start runs them, git expegit jobs delete removes them", file=sys.stderr)
+        who = ("this clone's agent runs them now" if control.running(found) is not None
+               else "git expegit agent start runs them")
+        print(f"expegit: {len(summary.queued)} execution(s) left queued: {who}; git expegit "
+              "jobs delete removes them", file=sys.stderr)
         return ExitCode.INTERRUPTED
     return ExitCode.FAILED if summary.failed else ExitCode.OK
 
