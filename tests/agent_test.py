@@ -234,7 +234,7 @@ def test_an_idle_agent_sleeps_then_wakes_on_the_queue(clone: Path, outside: Path
     before = cpu_seconds(pid)
     deadline = time.monotonic() + 2  # no busy polling: 2 s idle cost next to nothing
     until(lambda: time.monotonic() > deadline, "2 s")
-    assert cpu_seconds(pid) - before < 0.05
+    assert cpu_seconds(pid) - before < 0.5  # a polling loop would burn the 2 s
     enqueue(clone, 3)
     until(lambda: all_finished(clone, 3), "the queued batch to finish")
     assert runs(outside) == Counter({"--x=0": 1, "--x=1": 1, "--x=2": 1})

@@ -481,16 +481,11 @@ def test_install_experiment_needs_a_clone(hooked: Path, tmp_path: Path) -> None:
 
 # Speed ----------------------------------------------------------------------------------------
 
-def test_the_hook_returns_fast_for_a_thousand_executions(hooked: Path) -> None:
-    def timed(*trailers: str) -> float:
-        start = time.perf_counter()
-        commit(hooked, "timed", *trailers)
-        return time.perf_counter() - start
-
-    # The best of five: the machine's load weighs on both alike. git-lfs's post-commit runs
-    # in both, chained after ours in the second.
-    bare = min(timed() for _ in range(5))
-    hooked_time = min(timed("Expegit-Sweep: --seed=range(1000)", "Expegit-Profile: local",
-                            f"Expegit-Name: b{i}") for i in range(5))
-    assert hooked_time - bare < 0.3, (hooked_time, bare)
+def test_the_hook_hands_a_thousand_executions_to_the_agent_unexpanded(hooked: Path) -> None:
+    """The hook only spools: the expansion is the agent's (its latency is bench/p8_hook.py's
+    to measure, not a test's)."""
+    for i in range(5):
+        commit(hooked, "big", "Expegit-Sweep: --seed=range(1000)", "Expegit-Profile: local",
+               f"Expegit-Name: b{i}")
     assert len(spooled(hooked)) == 5
+    assert expegit("list", "--format=json", cwd=hooked).stdout.strip() == "[]"
