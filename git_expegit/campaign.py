@@ -7,7 +7,6 @@ new execution rewrites three small trees instead of a 10,000-entry `excs/` tree.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import secrets
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from git_expegit import locks
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 from git_expegit.record import ExecutionId as ExecutionId  # re-exported
@@ -91,16 +91,8 @@ class Campaign:
     def locked(self, wait: bool = True) -> Iterator[bool]:
         """All writes to the campaign go through this lock: CLI, hook, agent and web UI.
         Without `wait`, it yields False at once when another process holds it."""
-        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+        with locks.held(self.state_dir / "lock", wait) as ours:
+            yield ours
 
     def clone_id(self) -> str:
         """This clone's id, which orders the events two clones wrote at the same step."""

@@ -16,7 +16,6 @@ transaction for many executions.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from git_expegit import catalog
 from git_expegit import executions
+from git_expegit import locks
 from git_expegit import record
 from git_expegit import transaction
 from git_expegit.campaign import Campaign
@@ -241,31 +241,14 @@ def claims(campaign: Campaign) -> list[Claim]:
 @contextlib.contextmanager
 def runner_lock(campaign: Campaign, wait: bool = False) -> Iterator[bool]:
     """Held by the process that runs this clone's queue (`jobs run` or the agent). Yields
-    False at once, without `wait`, when another process holds it."""
-    fd = os.open(campaign.state_dir / "runner.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield True
-    finally:
-        os.close(fd)
+    False, without `wait`, when another process holds it."""
+    with locks.held(campaign.state_dir / "runner.lock", wait, pid=True) as ours:
+        yield ours
 
 
 def runner_pid(campaign: Campaign) -> int | None:
     """The pid of the process running this clone's queue, if one does."""
-    path = campaign.state_dir / "runner.lock"
-    with runner_lock(campaign) as free:
-        if free:
-            return None
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+    return locks.holder(campaign.state_dir / "runner.lock")
 
 
 def state_event(execution: Execution) -> record.Event | None:
