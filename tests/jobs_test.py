@@ -387,3 +387,13 @@ def test_a_batch_name_in_use_is_refused(campaign: Path) -> None:
     done = expegit("jobs", "run", "--name", "first", "local", cwd=campaign, check=False)
     assert done.returncode == 4 and "named 'first' already" in done.stderr
     assert snapshot(campaign) == before
+
+
+def test_runs_start_in_expansion_order(campaign: Path, experiment: Path,
+                                       tmp_path: Path) -> None:
+    """The original popped a LIFO queue; runs start here in the order of the expression."""
+    order = tmp_path / "order"
+    _commit_run(experiment, tmp_path, f'echo "$1" >> {order}\n')
+    _pin(campaign)
+    expegit("jobs", "run", "-w", "1", "local", "", "--s=range(6)", cwd=campaign)
+    assert order.read_text().split() == [f"--s={i}" for i in range(6)]
