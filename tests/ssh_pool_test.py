@@ -182,8 +182,9 @@ def test_a_host_that_refuses_channels_gets_more_connections(
     if max_sessions == 3:  # refused at 3 channels, never reported: 6 connections at least
         assert len(sshd.accepted()) >= 6, log
         assert "no more sessions" in log  # sshd's refusals
-    else:  # 10 channels a connection: never one refused, no connection more than needed
-        assert "no more sessions" not in log
+    else:  # 10 channels a connection: no connection more than needed (sshd may refuse one
+        # channel where it frees a session a moment late: the pool opens it again there)
+        assert log.count("no more sessions") <= 1, log
         assert len(sshd.accepted()) == (n + 1 + 9) // 10, log
 
 
