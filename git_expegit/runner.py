@@ -58,6 +58,7 @@ from git_runaway.profiles import Profile
 # running again would fail the same way.
 _FINAL = (RunawayCode.USAGE, RunawayCode.PROFILE)
 _DEFAULT_REMOTE_WORKERS = 8
+_GATHER_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -188,9 +189,9 @@ class Runner:
                 read = 0.0
                 while True:
                     self._wakeup.clear()
-                    # select() reads the whole catalog: again only when poked, when what
-                    # it gave is all started, or after a second (a jobs delete meanwhile).
-                    if self._poked or time.monotonic() - read > 1 or not self._waiting(pending):
+                    # select() reads the whole catalog: again only when poked (the queue
+                    # changed), or after a second (a jobs delete meanwhile).
+                    if self._poked or time.monotonic() - read > 1:
                         self._poked, read = False, time.monotonic()
                         pending = await asyncio.to_thread(select)
                     for execution in self._launchable(pending) if self._launching else ():
@@ -530,6 +531,9 @@ class _Recorder:
 
     async def _write_all(self) -> None:
         while self._events or self._ends:
+            # A group costs about the same whatever its size (a few git processes): a
+            # moment's wait lets the ends that come close together share one.
+            await asyncio.sleep(_GATHER_SECONDS)
             events, self._events = self._events, []
             ends, self._ends = self._ends, []
             try:
