@@ -321,10 +321,6 @@ def check_profile(profile: str) -> None:
     _check(Trailer.PROFILE, profile)
 
 
-def check_name(name: str) -> None:
-    _check(Trailer.NAME, name)
-
-
 def requeue(campaign: Campaign, chosen: Sequence[Execution], profile: str | None,
             attempts: Mapping[ExecutionId, int]) -> list[ExecutionId]:
     """Queue executions again for this clone, in one transaction: a finished or failed one

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from git_expegit import sweep
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 
@@ -43,6 +44,18 @@ def quoted(text: str) -> bool:
     """Whether `text` holds quotes or backslashes, which `$(git expegit exec params)` in a
     shell passes on as literal characters."""
     return not _QUOTING.isdisjoint(text)
+
+
+def expand(expression: str, repeat: int, what: str) -> list[str]:
+    """The parameter strings of a sweep expression, each checked; `what` names the
+    expression in the errors ("--sweep expression")."""
+    check(expression, f"the {what}")
+    try:
+        strings = sweep.expand(expression, repeat)
+    except sweep.SweepError as e:
+        raise ExpegitError(f"bad {what} at {e}", ExitCode.INPUT) from None
+    check_strings(strings)
+    return strings
 
 
 def check(text: str, what: str) -> None:

@@ -249,11 +249,3 @@ def runner_lock(campaign: Campaign, wait: bool = False) -> Iterator[bool]:
 def runner_pid(campaign: Campaign) -> int | None:
     """The pid of the process running this clone's queue, if one does."""
     return locks.holder(campaign.state_dir / "runner.lock")
-
-
-def state_event(execution: Execution) -> record.Event | None:
-    """The event that set the execution's current state."""
-    for event in reversed(record.events(execution.log)):
-        if event.kind in ("created", "reset", "queued", "running", "finished", "failed"):
-            return event
-    return None

@@ -150,10 +150,16 @@ _RANK = {"created": 0, "reset": 0, "queued": 2, "running": 3, "finished": 4, "fa
 
 def state(log: Iterable[str]) -> State:
     """The state the last state-setting event in causal order leaves an execution in."""
+    event = state_event(log)
+    return State.CREATED if event is None else _STATE_OF[event.kind]
+
+
+def state_event(log: Iterable[str]) -> Event | None:
+    """The last state-setting event in causal order: what set the current state."""
     for event in reversed(events(log)):
         if event.kind in _STATE_OF:
-            return _STATE_OF[event.kind]
-    return State.CREATED
+            return event
+    return None
 
 
 def latest(log: Iterable[str], name: str) -> str | None:

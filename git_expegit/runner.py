@@ -214,9 +214,6 @@ class Runner:
                 await self._recorder.drain()
         return self.summary
 
-    def _waiting(self, pending: list[Execution]) -> bool:
-        return any(e.id not in self._active and e.id not in self._ended for e in pending)
-
     def _cancel_requested(self) -> None:
         for execution in queue.cancel_requests(self.campaign) & set(self._stops):
             self._stops[ExecutionId(execution)].set()

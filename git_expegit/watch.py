@@ -14,6 +14,7 @@ from dataclasses import field
 
 from git_expegit import catalog
 from git_expegit import queue
+from git_expegit import record
 from git_expegit import refs
 from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
@@ -123,7 +124,7 @@ def start(campaign: Campaign, name: str | None = None) -> Watch:
 
 def change_of(campaign: Campaign, e: Execution, clone: str) -> Change:
     """An execution's current state as a Change, with what its state event says."""
-    event = queue.state_event(e)
+    event = record.state_event(e.log)
     words = []
     if event is not None:
         owner, attempt = event.field("owner"), event.field("attempt")

@@ -9,13 +9,10 @@ from git_expegit import catalog
 from git_expegit import executions
 from git_expegit import parameters
 from git_expegit import placement
-from git_expegit import sweep
 from git_expegit import sync as syncing
 from git_expegit.commands.output import logger
 from git_expegit.commands.output import relative
 from git_expegit.commands.output import warn
-from git_expegit.errors import ExitCode
-from git_expegit.errors import ExpegitError
 
 
 def new(cwd: Path, commit: str | None, params: list[str], expression: str | None,
@@ -23,9 +20,7 @@ def new(cwd: Path, commit: str | None, params: list[str], expression: str | None
     if expression is None:
         strings = [parameters.join(params)] * repeat
     else:
-        parameters.check(expression, "the --sweep expression")
-        strings = _expand(expression, repeat)
-        parameters.check_strings(strings)
+        strings = parameters.expand(expression, repeat, "--sweep expression")
     if dry_run:
         print("\n".join(strings))
         return 0
@@ -39,13 +34,6 @@ def new(cwd: Path, commit: str | None, params: list[str], expression: str | None
         for execution in ids:
             print(relative(found.root / campaign.folder(execution), cwd))
     return 0
-
-
-def _expand(expression: str, repeat: int) -> list[str]:
-    try:
-        return sweep.expand(expression, repeat)
-    except sweep.SweepError as e:
-        raise ExpegitError(f"bad --sweep expression at {e}", ExitCode.INPUT) from None
 
 
 def finish(cwd: Path, prefix: str | None, exit_code: int | None, push: bool, verbose: bool) -> int:

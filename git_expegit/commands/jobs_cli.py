@@ -17,7 +17,6 @@ from git_expegit import executions
 from git_expegit import parameters
 from git_expegit import queue
 from git_expegit import runner
-from git_expegit import sweep
 from git_expegit import sync as syncing
 from git_expegit import transaction
 from git_expegit.agent import control
@@ -52,9 +51,6 @@ def run(cwd: Path, profile: str, commit: str | None, expression: str | None, rep
     found = campaign.find(cwd)
     # Everything is checked before anything is created.
     runner.check_profile(found, profile)
-    executions.check_profile(profile)
-    if name is not None:
-        executions.check_name(name)
     full = executions.experiment_commit(found, commit)
     runner.check_code(found, full)
     if name is not None and any(queue.batch_of(e) == name for e in catalog.executions(found)):
@@ -89,13 +85,7 @@ def run(cwd: Path, profile: str, commit: str | None, expression: str | None, rep
 def _strings(expression: str | None, repeat: int) -> list[str]:
     if expression is None or not expression.strip():
         return [""] * repeat
-    parameters.check(expression, "the parameter expression")
-    try:
-        strings = sweep.expand(expression, repeat)
-    except sweep.SweepError as e:
-        raise ExpegitError(f"bad parameter expression at {e}", ExitCode.INPUT) from None
-    parameters.check_strings(strings)
-    return strings
+    return parameters.expand(expression, repeat, "parameter expression")
 
 
 def _run(found: campaign.Campaign, select: runner.Select, workers: int | None, retries: int,
