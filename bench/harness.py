@@ -90,14 +90,15 @@ class Shell:
         return time.perf_counter() - start, out
 
 
-def make_experiment(sh: Shell, base: Path) -> Path:
-    """An experiment with EXPERIMENT_FILES files and an executable `run`, pushed to a bare
+def make_experiment(sh: Shell, base: Path, files: int = EXPERIMENT_FILES,
+                    run: str = '#!/bin/sh\necho "run $*" > data/out.txt\n') -> Path:
+    """An experiment with `files` files and an executable `run`, pushed to a bare
     repository; returns the bare repository."""
     work = base / "expe"
     work.mkdir()
-    for i in range(EXPERIMENT_FILES):
+    for i in range(files):
         (work / f"file{i:02}.txt").write_text(f"experiment file {i}\n" * 20)
-    (work / "run").write_text('#!/bin/sh\necho "run $*" > data/out.txt\n')
+    (work / "run").write_text(run)
     (work / "run").chmod(0o755)
     sh.git("init", "-q", "-b", "main", cwd=work)
     sh.git("add", "-A", cwd=work)

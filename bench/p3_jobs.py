@@ -32,27 +32,13 @@ from harness import BenchmarkFailed
 from harness import Shell
 from harness import check
 from harness import failed
+from harness import make_experiment
 from harness import sandbox
 
 HOST = os.environ.get("EXPEGIT_TEST_SSH_HOST", "testhost")
 PROFILE = "bench"
 # The experiment: one small result file per execution, nothing else.
 RUN = '#!/bin/sh\nmkdir -p data\necho "$*" > data/out.txt\necho "ran $*"\n'
-
-
-def make_experiment(sh: Shell, base: Path) -> Path:
-    """An experiment whose only file is `run`, pushed to a bare repository."""
-    work = base / "expe"
-    work.mkdir()
-    (work / "run").write_text(RUN)
-    (work / "run").chmod(0o755)
-    sh.git("init", "-q", "-b", "main", cwd=work)
-    sh.git("add", "-A", cwd=work)
-    sh.git("commit", "-q", "-m", "experiment", cwd=work)
-    bare = base / "expe.git"
-    sh.git("init", "-q", "--bare", "-b", "main", str(bare), cwd=base)
-    sh.git("push", "-q", str(bare), "main", cwd=work)
-    return bare
 
 
 def make_profile(home: Path, config: str) -> None:
@@ -224,7 +210,7 @@ def main() -> int:
 def run(sh: Shell, base: Path, args: argparse.Namespace, config: str, load: float) -> int:
     n, w = args.n, args.workers
     make_profile(Path(sh.env["HOME"]), config)
-    expe = make_experiment(sh, base)
+    expe = make_experiment(sh, base, files=0, run=RUN)  # only `run`
     mine, mine_remote = campaign(sh, base, expe, "ours")
     theirs, theirs_remote = campaign(sh, base, expe, "baseline")
     sh.run(["git", "runaway", "--check", PROFILE], base)  # the host reachable, its folder
