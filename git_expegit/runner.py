@@ -395,11 +395,13 @@ class Runner:
         if isinstance(profile, Profile):
             folder = self._folder(execution)
             await asyncio.to_thread(_skeleton, folder)
-            job = Job(folder, placement.RUN, results=folder, run_id=claim.run)
             try:
+                # The code that was sent: its .fetchignore says what does not come back.
+                code, _ = await self._code(execution.commit)
+                job = Job(code, placement.RUN, results=folder, run_id=claim.run)
                 with _Logs(folder, append=True) as logs:
                     outcome = await self._session.collect(profile, job, logs.stderr)
-            except RunawayError as e:
+            except (RunawayError, ExpegitError) as e:
                 self._log(f"cannot collect execution {execution.id[:8]}: {e}")
         if outcome is None:
             self._requeue(execution, claim.attempt, "its runner stopped")

@@ -397,3 +397,26 @@ def test_runs_start_in_expansion_order(campaign: Path, experiment: Path,
     _pin(campaign)
     expegit("jobs", "run", "-w", "1", "local", "", "--s=range(6)", cwd=campaign)
     assert order.read_text().split() == [f"--s={i}" for i in range(6)]
+
+
+def test_a_collected_run_keeps_its_logs_from_a_file_named_stdout(
+        campaign: Path, experiment: Path, tmp_path: Path) -> None:
+    """A run collected after its runner died goes by the code's .fetchignore too: a file
+    the script names `stdout` does not replace its logs."""
+    started = tmp_path / "started"
+    _commit_run(experiment, tmp_path, f"touch {started}; echo fake > stdout; sleep 1\n")
+    _pin(campaign)
+    process = subprocess.Popen(["git-expegit", "jobs", "run", "local", "", "a"], cwd=campaign,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    _until(started.exists)
+    os.killpg(process.pid, signal.SIGSTOP)  # the script ends while no one listens
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = subprocess.run([sys.executable, "-c", RESUME], cwd=campaign, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.split() == ["1", "0"], done.stderr
+    [e] = _listing(campaign)
+    assert "collected=1" in _events(e, "finished")[0]
+    assert "fake" not in git("show", f"HEAD:{e['folder']}/stdout", cwd=campaign)
