@@ -28,6 +28,7 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from typing import BinaryIO
 
 from git_runaway import hosts
@@ -47,6 +48,8 @@ from git_runaway.hosts import Sink
 from git_runaway.hosts.local import LocalHost
 from git_runaway.profiles import Profile
 from git_runaway.profiles import repository_root
+from git_runaway.schedulers.sbatch import Handle
+from git_runaway.schedulers.slurm import Sbatch
 
 Log = Callable[[str], None]
 
@@ -79,7 +82,7 @@ class Job:
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     uuid: str
-    exit_code: int
+    exit_code: int | None  # None: a Slurm job stopped before its script could say one
     remote_folder: str
     uploaded: int  # bytes of code sent; 0 when the host already had the archive
     fetched: tuple[str, ...]
@@ -87,7 +90,8 @@ class Outcome:
     # Output the host could not send (unreadable files, fifos, devices): named, not lost
     # without a word; they stay in the run folder if --leave keeps it.
     unfetched: tuple[str, ...] = ()
-    where: Mapping[str, str] = dataclasses.field(default_factory=dict)  # node, os, cpus, gpus
+    # node, os, cpus, gpus; for a Slurm run also job (its id) and state (how it ended)
+    where: Mapping[str, str] = dataclasses.field(default_factory=dict)
     stopped: bool = False  # the script was stopped (`stop`), not left to end
 
 
@@ -125,6 +129,15 @@ class Runaway:
         self._archives: dict[Where, dict[str, Leave]] = {}
         # The last upload of each archive: runs that find it missing wait for it, not resend.
         self._uploads: dict[tuple[Where, str], asyncio.Future[int]] = {}
+        self.watchers: dict[Where, Any] = {}  # schedulers.sbatch's poll loop of each host
+
+    def log(self, message: str) -> None:
+        self._log(message)
+
+    def keep_code(self, where: Where, digest: str, leave: Leave) -> None:
+        """A run of this session used the archive `digest`: `close` deletes it with
+        --leave=nothing once no run uses it."""
+        self._archives.setdefault(where, {})[digest] = leave
 
     async def __aenter__(self) -> Runaway:
         return self
@@ -202,16 +215,21 @@ class Runaway:
                                "it must be sent to run", ExitCode.USAGE)
         self._log(f"packed {len(package.files)} entries ({package.size} bytes, "
                   f"sha256 {package.digest[:12]})")
-        commit = (job.environment.get("RUNAWAY_COMMIT")  # the caller knows it
-                  or await asyncio.to_thread(_commit, job.folder))
+        if not job.environment.get("RUNAWAY_COMMIT"):  # the caller knows it, or git here
+            commit = await asyncio.to_thread(_commit, job.folder)
+            if commit:
+                job = dataclasses.replace(job, environment={**job.environment,
+                                                            "RUNAWAY_COMMIT": commit})
+        if profile.sbatch is not None:
+            return await self._submit_and_wait(profile, job, stdout, stderr, package, started,
+                                               stop)
         host = await self.host(profile)
         root = await self.root(host, profile)
         run_id = _run_id(job)
         folder = f"{root}/{run_id}"
-        env = {**job.environment, **_variables(profile, job, root, folder, run_id, package),
-               **({"RUNAWAY_COMMIT": commit} if commit else {})}
         run = _Run(self, host, (profile.ssh_config, root), package, run_id, job,
-                   _commands(profile, f"{folder}/{script}", arguments), env, stdout, stderr,
+                   commands_of(profile, job, folder),
+                   environment_of(profile, job, root, run_id, package), stdout, stderr,
                    started)
         task = asyncio.ensure_future(run.protocol())
         stopper = asyncio.ensure_future(_stop_when(stop, run))
@@ -235,6 +253,77 @@ class Runaway:
                        time.monotonic() - start, tuple(run.unfetched), run.where,
                        run.stopped)
 
+    async def _submit_and_wait(self, profile: Profile, job: Job, stdout: Sink, stderr: Sink,
+                               package: Pack, started: Started | None,
+                               stop: asyncio.Event | None) -> Outcome:
+        """A blocking run on an sbatch profile: submit, wait, collect. Cancelling it
+        cancels the job (scancel), then still collects what the job left."""
+        [handle] = await self.submit(profile, [job], package=package)
+        job = dataclasses.replace(job, run_id=handle.run_id)
+        stop = stop or asyncio.Event()
+
+        def watch(state: str, where: Mapping[str, str]) -> None:
+            if state == "running" and started is not None:
+                started(where)
+
+        task = asyncio.ensure_future(self.attach(profile, job, stdout, stderr, stop=stop,
+                                                 watch=watch))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            self._log("interrupted: cancelling the job; collecting what it left")
+            stop.set()
+            try:
+                await task
+            except RunawayError as e:
+                self._log(str(e))
+            raise
+
+    async def submit(self, profile: Profile, jobs: list[Job], *, package: Pack | None = None,
+                     throttle: int | None = None, options: Sbatch | None = None
+                     ) -> list[Handle]:
+        """Submit `jobs`, runs of one folder's code, to Slurm as one job array of at most
+        `throttle` tasks at a time, with the profile's sbatch options (or `options`);
+        returns once sbatch accepted them."""
+        from git_runaway.schedulers import sbatch
+
+        if profile.sbatch is None:
+            raise RunawayError(f"profile {profile.name!r} has no sbatch: key: it runs its "
+                               "scripts directly and cannot submit them", ExitCode.USAGE)
+        if package is None:
+            package = await asyncio.to_thread(pack, jobs[0].folder)
+        for job in jobs:
+            variables.check(job.environment, job.script, split_arguments(job.arguments))
+            if _script_path(job) not in package.files:
+                raise RunawayError(f"script {job.script!r} is excluded by "
+                                   f"{job.folder}/.sendignore; it must be sent to run",
+                                   ExitCode.USAGE)
+            _run_id(job)
+        return await sbatch.submit(self, profile, jobs, package, throttle,
+                                   options or profile.sbatch)
+
+    async def attach(self, profile: Profile, job: Job, stdout: Sink, stderr: Sink, *,
+                     stop: asyncio.Event | None = None,
+                     watch: Callable[[str, Mapping[str, str]], None] | None = None) -> Outcome:
+        """Wait for the submitted run `job.run_id` to end, then collect its results, its
+        job's stdout and stderr and its exit code, as `run` does. `watch` hears each new
+        state of the job (pending, running, requeued...); setting `stop` cancels the job;
+        cancelling this call leaves the job running, to be attached again later."""
+        from git_runaway.schedulers import sbatch
+
+        if job.run_id is None:
+            raise RunawayError("attach needs the run id of a submitted run", ExitCode.USAGE)
+        _run_id(job)
+        return await sbatch.attach(self, profile, job, stdout, stderr, stop, watch)
+
+    async def cancel_jobs(self, profile: Profile, jobs: list[str]) -> None:
+        """scancel Slurm jobs (ids such as 123_4) on the profile's host."""
+        from git_runaway.schedulers import sbatch
+
+        await sbatch.cancel(self, profile, jobs)
+
     async def collect(self, profile: Profile, job: Job, stderr: Sink) -> Outcome | None:
         """Collect a run started earlier whose runaway went away (`job.run_id`): its
         results and exit code when its script ended on its own; None when it is not there
@@ -245,7 +334,7 @@ class Runaway:
         root = await self.root(host, profile)
         run_id = _run_id(job)
         listed = (job.folder / FETCH_IGNORE).exists()
-        for delay in _BUSY_WAITS:
+        for delay in BUSY_WAITS:
             key = hosts.nonce()
             async with hosts.session(host, "collect", remote.collect(key, root, run_id, listed),
                                      key, (stderr,)) as session:
@@ -340,7 +429,7 @@ class Runaway:
 Started = Callable[[Mapping[str, str]], None]
 # How long `collect` waits, in turn, for a run's host program that is still ending (its
 # stop takes 5 s at most, then the results go nowhere): then it counts as lost.
-_BUSY_WAITS = (0.5, 1, 1, 2, 2, 4, 4, 8, 8, 0)
+BUSY_WAITS = (0.5, 1, 1, 2, 2, 4, 4, 8, 8, 0)
 _RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -585,8 +674,12 @@ def _script_path(job: Job) -> str:
     return path.relative_to(folder).as_posix()
 
 
-def _commands(profile: Profile, script: str, arguments: list[str]
-              ) -> tuple[list[str], list[str], list[str]]:
+def commands_of(profile: Profile, job: Job, folder: str
+                ) -> tuple[list[str], list[str], list[str]]:
+    """The profile's before, execution and after commands for `job` run in `folder`."""
+    script = f"{folder}/{_script_path(job)}"
+    arguments = split_arguments(job.arguments)
+
     def commands(section: tuple[str, ...]) -> list[str]:
         return [remote.substitute(c, script, arguments) for c in section]
 
@@ -616,6 +709,23 @@ def _commit(folder: Path) -> str | None:
     done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=folder,
                           capture_output=True, text=True, check=False)
     return done.stdout.strip() or None
+
+
+def environment_of(profile: Profile, job: Job, root: str, run_id: str, package: Pack
+                   ) -> dict[str, str]:
+    """The job's RUNAWAY* variables and those runaway sets for the run."""
+    return {**job.environment, **_variables(profile, job, root, f"{root}/{run_id}", run_id,
+                                            package)}
+
+
+async def fetch(session: Runaway, host: Host, root: str, job: Job, started: hosts.Session,
+                listed: bool) -> list[str]:
+    """Receive a run's results from a host program that sends them as `run` does."""
+    assert job.run_id is not None
+    run = _Run(session, host, (None, root), None, job.run_id, job, ([], [], []), {},
+               hosts.discard, hosts.discard, None)
+    await run._fetch(started, listed)
+    return run.fetched
 
 
 def _variables(profile: Profile, job: Job, root: str, folder: str, run_id: str,

@@ -27,9 +27,11 @@ import yaml
 
 from git_runaway.errors import ExitCode
 from git_runaway.errors import RunawayError
+from git_runaway.schedulers import slurm
+from git_runaway.schedulers.slurm import Sbatch
 
 KEYS = ("ssh_config", "host_directory", "before_execution", "execution", "after_execution",
-        "concurrency", "timeout", "record")
+        "concurrency", "timeout", "record", "sbatch")
 # Without ssh_config, a profile runs on this machine, like the built-in `local`.
 REQUIRED = ("host_directory", "execution")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -50,6 +52,7 @@ class Profile:
     concurrency: int | None = None  # runs at a time that git expegit jobs run starts
     timeout: float | None = None  # seconds a run may take before it is stopped
     record: tuple[str, ...] = ()  # commands whose output is kept with the results
+    sbatch: Sbatch | None = None  # submit the runs to Slurm with these options
 
 
 LOCAL = Profile(
@@ -214,6 +217,7 @@ def parse(path: Path) -> Profile:
         concurrency=_concurrency(data.get("concurrency"), fail),
         timeout=_duration(data.get("timeout"), fail),
         record=_commands(data, "record", fail),
+        sbatch=None if data.get("sbatch") is None else slurm.parse(data["sbatch"], fail),
     )
 
 

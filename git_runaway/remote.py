@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 
 from git_runaway.archive import MTIME
+from git_runaway.schedulers import slurm
 
 CORRUPT = 101  # exit code of `upload` when the uploaded bytes do not match the hash
 STALE_PART_MINUTES = 60  # an upload's .part untouched this long and unlocked: it was killed
@@ -111,7 +112,7 @@ test -e ../{uuid}.lost || echo $rc >../{uuid}.exit
 {_send_results(nonce, uuid, marker, listed)}""")
 
 
-def _send_results(nonce: str, uuid: str, marker: str, listed: bool) -> str:
+def _send_results(nonce: str, uuid: str, marker: str, listed: bool, extra: str = "") -> str:
     """From the run folder: name what cannot be sent, send the results' tar, then remove
     the run folder once runaway says it has them (`clean`), or keep it."""
     say = f"printf '%s:%s\\n' {nonce}"
@@ -121,7 +122,7 @@ def _send_results(nonce: str, uuid: str, marker: str, listed: bool) -> str:
     return f"""{_report_unfetched()}; {results}; t=$?
 {say} "end $t"
 while read -r a; do test "$a" = {STOP} || break; done
-cd .. && if test "$a" = {CLEAN}; then rm -rf {uuid} {marker} {uuid}.exit {uuid}.lost
+cd .. && if test "$a" = {CLEAN}; then rm -rf {uuid} {marker} {uuid}.exit {uuid}.lost{extra}
 else rm -f {marker}; fi"""
 
 
@@ -215,7 +216,14 @@ def delete_unused(nonce: str, root: str, digests: Iterable[str]) -> str:
     each = " ".join(sorted(digests))
     return program(nonce, (
         f"cd {q(root)} && {_LOCK} && for d in {each}; do {_unpin('$d')}"
-        f" {{ rmdir $d.users 2>/dev/null || ! test -d $d.users; }} && rm -f $d.tar; done; :"))
+        f" {{ rmdir $d.users 2>/dev/null || ! test -d $d.users; }} && ! {_pinned('$d')}"
+        " && rm -f $d.tar; done; :"))
+
+
+def _pinned(digest: str) -> str:
+    """True when a Slurm run still to collect needs the archive `digest` (a pending job has
+    no marker yet: its `.slurm` file pins the code)."""
+    return f"cat ./*.slurm 2>/dev/null | grep -q \" {digest}$\""
 
 
 def _unpin(digest: str) -> str:
@@ -230,14 +238,29 @@ def clean(nonce: str, root: str) -> str:
     uuid = "[0-9a-f]" + "*-*-*-*-*"
     return program(nonce, f"""cd {q(root)} && {_LOCK} || exit 1
 {_unpin('*')}
+{_forget_slurm_jobs()}
 for u in {uuid}; do test -d "$u" || continue; set -- *.users/"$u"
-  test -e "$1" || {{ rm -rf "$u" && echo "run folder $u"; }}; done
+  test -e "$1" || test -e "$u.slurm" || {{ rm -rf "$u" && echo "run folder $u"; }}; done
 for f in *.exit *.lost; do test -e "$f" && ! test -d "${{f%.*}}" && rm -f "$f"; done
 for t in *.tar; do test -e "$t" || continue; d=${{t%.tar}}
-  rmdir "$d.users" 2>/dev/null; test -d "$d.users" || {{ rm -f "$t" && echo "archive $t"; }}; done
+  rmdir "$d.users" 2>/dev/null; test -d "$d.users" || {_pinned('$d')} \
+    || {{ rm -f "$t" && echo "archive $t"; }}; done
 for p in *.tar.*.part; do test -e "$p" && flock -n "$p" true && rm -f "$p" && echo "upload $p"
 done
 for c in check-*; do test -d "$c" && rm -rf "$c" && echo "check folder $c"; done; :""")
+
+
+def _forget_slurm_jobs() -> str:
+    """The Slurm runs whose job squeue no longer knows (over, or never submitted) lose their
+    `.slurm` pin and their task files; those of queued or running jobs stay. When squeue
+    fails (no Slurm here, or its controller is down) every pin stays."""
+    return """if test -n "$(ls ./*.slurm 2>/dev/null)"; then
+  if live=$(squeue -h -r -o %i -u "$(id -un)" 2>/dev/null); then
+    for s in *.slurm; do test -e "$s" || continue; j=; read -r j d 2>/dev/null <"$s"
+      printf '%s\\n' "$live" | grep -qx "$j" && continue
+      u=${s%.slurm}; rm -rf "$s" "$u.job" "$u.where" "$u.exit" "$u" slurm-"$j".out slurm-"$j".err
+      echo "slurm job ${j:-unsubmitted} $u"; done
+  fi; fi"""
 
 
 def substitute(command: str, script: str, arguments: list[str]) -> str:
@@ -248,3 +271,120 @@ def substitute(command: str, script: str, arguments: list[str]) -> str:
 
 def q(text: str) -> str:
     return shlex.quote(text)
+
+
+# Slurm: a profile with `sbatch:` submits its runs as one job array --------------------------
+#
+# More of the layout of ROOT, for these runs:
+#   ROOT/<uuid>.job       the run's task: what `run` does between `started` and `exit`,
+#                         run on the node by the array's script (`SUBMISSION.sbatch`)
+#   ROOT/<uuid>.slurm     "JOBID DIGEST" ("- DIGEST" while sbatch runs): the job that runs it,
+#                         and the archive it needs, kept until the run is collected
+#   ROOT/<uuid>.where     where it runs (the `where` words), written at each start
+#   ROOT/slurm-<job>.out  the job's stdout and stderr, as Slurm writes them
+#   ROOT/slurm-<job>.err
+
+
+def job_task(root: str, digest: str, uuid: str, env: Mapping[str, str], before: list[str],
+             execution: list[str], after: list[str]) -> str:
+    """The shell text of one run inside its Slurm job. It prepares the run folder once (a
+    requeued job finds it as the script left it: a checkpoint), holds the run's marker
+    while it runs, passes on the signals Slurm sends the job's shell (--signal=B:..., the
+    SIGTERM of a time limit or scancel), and writes the exit code where `collect_job`
+    reads it."""
+    marker = f"{digest}.users/{uuid}"
+    exports = "".join(f"export {k}={q(v)}; " for k, v in sorted(env.items()))
+    forward = "".join(f"trap 'kill -{s} $p 2>/dev/null' {s}; " for s in _FORWARDED)
+    return f"""cd {q(root)} || exit 1
+{{ command exec 8>>{marker} || {{ mkdir -p {digest}.users && command exec 8>>{marker}; }}; }} \\
+  2>/dev/null && flock -n 8 || :
+test -d {uuid} || tar -xf {digest}.tar --transform='s,^,{uuid}/,S' || {{
+  rm -rf {uuid}; echo "runaway: cannot extract the code {digest}.tar in $PWD" >&2; exit 1; }}
+rm -f {uuid}.exit; cd {uuid} || exit 1
+printf '%s\\n' "{_WHERE} restarts=${{SLURM_RESTART_COUNT:-0}}" >../{uuid}.where.$$ \\
+  && mv -f ../{uuid}.where.$$ ../{uuid}.where
+{exports}{forward}
+( {_script(before, execution, after)} ) </dev/null 8>&- & p=$!
+while :; do wait $p; rc=$?; kill -0 $p 2>/dev/null || break; done
+echo $rc >../{uuid}.exit.$$ && mv -f ../{uuid}.exit.$$ ../{uuid}.exit
+exit $rc
+"""
+
+
+# Passed on to the script: a time limit's or scancel's TERM, and the warning signals a
+# profile may ask for (--signal=B:USR1@120).
+_FORWARDED = ("TERM", "USR1", "USR2", "HUP", "INT", "QUIT", "ALRM")
+
+
+def submit(nonce: str, root: str, digest: str, submission: str, tasks: Mapping[str, str],
+           sbatch_lines: list[str]) -> str:
+    """Write each run's task and the array's script, then `sbatch` it: says `missing` when
+    the host lacks the code (runaway uploads it and answers `go`), then `submitted JOBID`,
+    or `refused` (stderr says why). Holds .lock, so that `clean` never takes the code or the
+    tasks of a submission under way (released while the code uploads: publishing it takes
+    the lock too)."""
+    say = f"printf '%s:%s\\n' {nonce}"
+    uuids = " ".join(tasks)
+    writes = "".join(f"printf '%s' {q(text)} >{uuid}.job && echo '- {digest}' >{uuid}.slurm"
+                     f" || exit 1\n" for uuid, text in tasks.items())
+    script = "\n".join(["#!/bin/sh", *sbatch_lines, f"set -- {uuids}",
+                        'shift "${SLURM_ARRAY_TASK_ID:-0}"', f"exec /bin/sh {q(root)}/$1.job",
+                        ""])
+    return program(nonce, f"""cd {q(root)} && {_LOCK} || exit 1
+while ! test -f {digest}.tar; do
+  exec 9>&-; {say} missing; read -r a && test "$a" = {GO} && {_LOCK} || exit 1
+done
+{writes}printf '%s' {q(script)} >{submission}.sbatch || exit 1
+if out=$(sbatch --parsable {submission}.sbatch </dev/null); then
+  id=${{out%%;*}}; i=0; rm -f {submission}.sbatch
+  for u in {uuids}; do echo "${{id}}_$i {digest}" >$u.slurm; i=$((i + 1)); done
+  {say} "submitted $id"
+else rm -f {submission}.sbatch {_each(tasks, '.job', '.slurm')}; {say} refused; fi""")
+
+
+def _each(uuids: Iterable[str], *suffixes: str) -> str:
+    return " ".join(f"{u}{s}" for u in uuids for s in suffixes)
+
+
+def poll(nonce: str, root: str, uuids: Iterable[str]) -> str:
+    """What the scheduler and the runs' own files say of each run: a `task|UUID|JOB|EXIT|
+    WHERE` line each, then after `squeue` its lines for their jobs, then after `sacct` the
+    accounting of those squeue forgot (nothing where there is no accounting)."""
+    say = f"printf '%s:%s\\n' {nonce}"
+    return program(nonce, f"""cd {q(root)} || exit 1
+ids=
+for u in {' '.join(uuids)}; do j=; read -r j d 2>/dev/null <$u.slurm
+  printf 'task|%s|%s|%s|%s\\n' $u "$j" "$(cat $u.exit 2>/dev/null)" "$(cat $u.where 2>/dev/null)"
+  case $j in [0-9]*) ids="$ids $j";; esac; done
+{say} squeue
+set -- $ids; test $# = 0 || {{ q=$(squeue -h -r -t all -j "$(echo $ids | tr ' ' ,)" \
+  -o '{slurm.SQUEUE_FORMAT}' 2>/dev/null); printf '%s\\n' "$q"; }}
+{say} sacct
+m=; for j in $ids; do printf '%s\\n' "$q" | grep -q "^$j|" || m="$m,$j"; done
+test -z "$m" || ! command -v sacct >/dev/null \
+  || sacct -n -P -X -j "${{m#,}}" -o {slurm.SACCT_FIELDS} 2>/dev/null
+:""")
+
+
+def collect_job(nonce: str, root: str, uuid: str, job: str, listed: bool) -> str:
+    """Collect a run of a Slurm job that is over: `busy` while its task still ends, else
+    `logs`, the job's stdout (its stderr on stderr), then `gone CODE` (the job never
+    started, no run folder) or `exit CODE` and the results as `run` sends them. CODE is
+    empty when the task could not write one (killed)."""
+    say = f"printf '%s:%s\\n' {nonce}"
+    files = f" {uuid}.job {uuid}.slurm {uuid}.where slurm-{job}.out slurm-{job}.err"
+    return program(nonce, f"""cd {q(root)} || exit 1
+marker={uuid}.nomarker
+for m in *.users/{uuid}; do test -e "$m" || continue
+  flock -n "$m" true || {{ {say} busy; exit 0; }}; marker=$m; done
+{say} logs; cat slurm-{job}.out 2>/dev/null; cat slurm-{job}.err >&2 2>/dev/null
+printf '%s:done\\n' {nonce} >&2; rc=$(cat {uuid}.exit 2>/dev/null)
+test -d {uuid} || {{ rm -f {uuid}.exit "$marker"{files}; {say} "gone $rc"; exit 0; }}
+cd {uuid} || exit 1
+{say} "exit $rc"
+{_send_results(nonce, uuid, '"$marker"', listed, files)}""")
+
+
+def cancel(nonce: str, jobs: str) -> str:
+    """`scancel` the jobs (a comma-separated list of ids)."""
+    return program(nonce, f"scancel {q(jobs)}")
