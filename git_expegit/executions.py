@@ -72,7 +72,7 @@ def experiment_commit(campaign: Campaign, revision: str | None) -> str:
 
 def create(campaign: Campaign, commit: str, parameters: Sequence[str], profile: str | None,
            place_code: bool = False, batch: str | None = None, queued: bool = False,
-           request: str | None = None) -> list[ExecutionId]:
+           request: str | None = None, sbatch: str | None = None) -> list[ExecutionId]:
     """New executions of `commit`, one per parameter string, each created by its own commit,
     all published at once. With `queued`, each is also queued for this clone to run (see
     queue.py); `request` is the key of the batch request they expand (see requests.py)."""
@@ -95,7 +95,7 @@ def create(campaign: Campaign, commit: str, parameters: Sequence[str], profile: 
                 Trailer.PARAMETERS: text, Trailer.PROFILE: profile}))
             tx.texts[str(creation)] = ""  # a new commit has no note to read yet
             tx.log(str(creation), "created", by=generator, commit=commit[:12], batch=batch,
-                   request=request)
+                   request=request, sbatch=sbatch)
             if queued:
                 tx.log(str(creation), "queued", owner=tx.clone, attempt=1)
             ids.append(execution)

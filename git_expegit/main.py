@@ -17,7 +17,7 @@ Usage:
   git expegit list [--state=S] [--profile=P] [--grep=TEXT] [--commit=C] [--format=F]
   git expegit show [ID]
   git expegit [-v] jobs run [-r N] [-w N] [--name=NAME] [--new-only] [--retries=N] [--detach]
-                           PROFILE [COMMIT] [EXPR]
+                           [--sbatch=KEY=VALUE]... PROFILE [COMMIT] [EXPR]
   git expegit [-v] jobs wait [--name=NAME]
   git expegit [-v] jobs reschedule [-p] [--profile=P] (--failed | --name=NAME | IDS...)
   git expegit [-v] jobs delete [-p] IDS...
@@ -98,7 +98,11 @@ Options:
   --new-only          Skip the parameter strings that already finished on this commit.
   --retries=N         Run again up to N times a run that runaway itself lost
                       (connection, upload), never a failing script [default: 2].
-  --detach            Queue the batch for this clone's agent and return at once.
+  --detach            Queue the batch for this clone's agent and return at once (on an
+                      sbatch: profile the agent submits it to Slurm, then the laptop
+                      may close: a later agent collects the results).
+  --sbatch=KEY=VALUE  For this batch, an sbatch option of the profile replaced (partition,
+                      time, cpus_per_task, gpus, mem, signal) or one more (extra=--qos=x).
   --failed            Every failed execution.
   -f, --follow        Keep printing what the run writes until it ends.
   --experiment=PATH   Your own clone of the experiment.
@@ -181,7 +185,7 @@ def _before_dashes(raw: list[str]) -> list[str]:
     """`jobs run PROFILE [COMMIT] [--] EXPR`: docopt would read an EXPR that starts with `-`
     (`--lr=0.1,0.01`) as an option, so it sees only what comes before `--`, and not an
     EXPR that is no option of jobs run."""
-    if raw[:2] != ["jobs", "run"]:
+    if _jobs_run(raw) is None:
         return raw
     if "--" in raw:
         return raw[:raw.index("--")]
@@ -189,7 +193,7 @@ def _before_dashes(raw: list[str]) -> list[str]:
 
 
 _JOBS_RUN_OPTIONS = ("-w", "--workers", "--name", "--new-only", "--retries", "--detach", "-r",
-                     "--repeat", "-v", "--verbose", "-h", "--help")
+                     "--repeat", "--sbatch", "-v", "--verbose", "-h", "--help")
 
 
 def _expression_like(word: str) -> bool:
@@ -197,12 +201,18 @@ def _expression_like(word: str) -> bool:
             and not word.split("=")[0].startswith(_JOBS_RUN_OPTIONS))
 
 
+def _jobs_run(raw: list[str]) -> int | None:
+    """Where `jobs run` starts in the command line, after -v if given first."""
+    start = 1 if raw[:1] in (["-v"], ["--verbose"]) else 0
+    return start if raw[start:start + 2] == ["jobs", "run"] else None
+
+
 def _expression(raw: list[str]) -> str | None:
     """The EXPR that _before_dashes hid from docopt, if any (several: a usage error)."""
     if "--" in raw:
         after = raw[raw.index("--") + 1:]
     else:
-        after = [word for word in raw[2:] if _expression_like(word)]
+        after = [word for word in raw[(_jobs_run(raw) or 0) + 2:] if _expression_like(word)]
     if not after:
         return None
     if len(after) != 1:

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import time
+import urllib.parse
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -58,10 +59,12 @@ def new_name() -> str:
 
 def enqueue(campaign: Campaign, commit: str, strings: Sequence[str], profile: str,
             name: str | None = None, new_only: bool = False,
-            request: str | None = None) -> Batch:
+            request: str | None = None, sbatch: Sequence[tuple[str, str]] | None = None
+            ) -> Batch:
     """Create and queue, for this clone, one execution per parameter string, in one
     operation. With `new_only`, a (commit, parameters) pair that already finished is
-    skipped (once per finished execution: `-r 2` after `-r 1` adds one more)."""
+    skipped (once per finished execution: `-r 2` after `-r 1` adds one more). `sbatch`:
+    the batch's own Slurm options (`jobs run --sbatch KEY=VALUE`), kept with each one."""
     name = name or new_name()
     chosen = list(strings)
     if new_only:
@@ -70,7 +73,8 @@ def enqueue(campaign: Campaign, commit: str, strings: Sequence[str], profile: st
     if not chosen:
         return Batch(name, [], skipped)
     ids = transaction.retried(lambda: executions.create(
-        campaign, commit, chosen, profile, batch=name, queued=True, request=request))
+        campaign, commit, chosen, profile, batch=name, queued=True, request=request,
+        sbatch=urllib.parse.urlencode(sbatch) if sbatch else None))
     wake(campaign)
     return Batch(name, ids, skipped)
 
@@ -100,6 +104,14 @@ def batch_of(execution: Execution) -> str | None:
         if event.kind == "created":
             return event.field("batch")
     return None
+
+
+def sbatch_of(execution: Execution) -> list[tuple[str, str]]:
+    """The Slurm options its batch overrides (`jobs run --sbatch`), in their order."""
+    for event in record.events(execution.log):
+        if event.kind == "created":
+            return urllib.parse.parse_qsl(event.field("sbatch") or "")
+    return []
 
 
 def owner_of(execution: Execution) -> str | None:
@@ -193,6 +205,7 @@ class Claim:
     # runner killed in between finishes it from this, instead of running it again.
     exit_code: int | None = None
     ended: dict[str, str] | None = None
+    job: str | None = None  # the Slurm job that runs it, once submitted: "123_4"
 
 
 def _claims(campaign: Campaign) -> Path:
@@ -230,7 +243,8 @@ def claims(campaign: Campaign) -> list[Claim]:
                                str(data["run"]), str(data["profile"]), float(data["started"]),
                                None if data.get("exit_code") is None else int(data["exit_code"]),
                                {str(k): str(v) for k, v in ended.items()}
-                               if isinstance(ended, dict) else None))
+                               if isinstance(ended, dict) else None,
+                               None if data.get("job") is None else str(data["job"])))
         except (OSError, ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)
     return found

@@ -21,10 +21,12 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from collections.abc import Coroutine
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import Any
 from typing import BinaryIO
 
 import pygit2
@@ -53,6 +55,8 @@ from git_runaway.execution import Job
 from git_runaway.execution import Outcome
 from git_runaway.execution import Runaway
 from git_runaway.profiles import Profile
+from git_runaway.schedulers.slurm import END_NAMES
+from git_runaway.schedulers.slurm import Sbatch
 
 # Runaway's failures that say something about the code or the profile, not the connection:
 # running again would fail the same way.
@@ -143,6 +147,8 @@ class Runner:
         self._poked = True
         self._recorder = _Recorder(campaign, self._log)
         self._session: Runaway | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watching: dict[ExecutionId, asyncio.Task[None]] = {}  # Slurm runs, by execution
         self.summary = Summary()
 
     # Control ----------------------------------------------------------------------------------
@@ -166,12 +172,19 @@ class Runner:
         self._wake()
 
     def cancel(self) -> None:
-        """Stop the running scripts; their results are still fetched and they are recorded
-        failed, reason=cancelled (a second Ctrl-C)."""
+        """Stop the running scripts (scancel the Slurm jobs); their results are still
+        fetched and they are recorded failed, reason=cancelled (a second Ctrl-C)."""
         self._cancelled = True
         self.stop_launching()
         for stop in self._stops.values():
             stop.set()
+
+    def detach(self) -> None:
+        """Stop watching the Slurm jobs, which go on without us (`agent stop`: the laptop
+        closes); their claims stay, and the next runner collects them. Nothing new starts."""
+        self.stop_launching()
+        for task in self._watching.values():
+            task.cancel()
 
     # The loop ---------------------------------------------------------------------------------
 
@@ -180,7 +193,7 @@ class Runner:
         when a run ends, or on poke()) until nothing is left and nothing runs. Records and
         finishes in batches; does not sync (the caller does)."""
         self._wakeup = asyncio.Event()
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._tasks
         async with Runaway(self._log) as session:
             self._session = session
             try:
@@ -194,10 +207,8 @@ class Runner:
                     if self._poked or time.monotonic() - read > 1:
                         self._poked, read = False, time.monotonic()
                         pending = await asyncio.to_thread(select)
-                    for execution in self._launchable(pending) if self._launching else ():
-                        task = asyncio.ensure_future(self._one(execution))
-                        tasks.add(task)
-                        task.add_done_callback(self._ended_task(tasks))
+                    if self._launching:
+                        self._launch(self._launchable(pending))
                     if not tasks:
                         self.summary.queued = [e.id for e in pending
                                                if e.id not in self._ended]
@@ -218,13 +229,35 @@ class Runner:
         for execution in queue.cancel_requests(self.campaign) & set(self._stops):
             self._stops[ExecutionId(execution)].set()
 
-    def _ended_task(self, tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-        def ended(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                self._log(f"internal error in a run: {task.exception()!r}")
-            self._wake()
-        return ended
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._ended_task)
+        return task
+
+    def _ended_task(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log(f"internal error in a run: {task.exception()!r}")
+        self._wake()
+
+    def _launch(self, chosen: list[Execution]) -> None:
+        """Start each run; those of an sbatch profile go to Slurm, one job array for each
+        batch, commit and profile."""
+        arrays: dict[tuple[str, ...], list[Execution]] = {}
+        for execution in chosen:
+            name = queue.profile_of(execution) or ""
+            profile = self._profile(name)
+            if isinstance(profile, Profile) and profile.sbatch is not None:
+                key = (queue.batch_of(execution) or execution.id, name, execution.commit,
+                       repr(queue.sbatch_of(execution)))
+                arrays.setdefault(key, []).append(execution)
+            else:
+                self._spawn(self._one(execution))
+        for group in arrays.values():
+            profile = self._profile(queue.profile_of(group[0]) or "")
+            assert isinstance(profile, Profile)
+            self._spawn(self._submit(group, profile))
 
     def _launchable(self, pending: list[Execution]) -> list[Execution]:
         """The next executions to start, in order, within each profile's concurrency."""
@@ -234,7 +267,8 @@ class Runner:
                 continue
             name = queue.profile_of(execution) or ""
             profile = self._profile(name)
-            if isinstance(profile, Profile):
+            # Slurm runs are all submitted at once: the array's %N throttles them.
+            if isinstance(profile, Profile) and profile.sbatch is None:
                 busy = sum(1 for p in self._active.values() if p == name)
                 if busy >= workers_for(profile, self._workers):
                     continue
@@ -320,9 +354,7 @@ class Runner:
                               and not self._cancelled)
         # The host has forgotten the run: until its end is committed, the claim remembers it.
         queue.claim(self.campaign, dataclasses.replace(
-            claim, exit_code=outcome.exit_code,
-            ended={k: str(v) for k, v in ending.fields.items() if v is not None}
-            | ({"failed": "1"} if ending.failed else {})))
+            claim, exit_code=outcome.exit_code, ended=_claimed(ending)))
         return ending
 
     def _ending(self, execution: Execution, outcome: Outcome, attempt: int, profile: Profile,
@@ -362,6 +394,126 @@ class Runner:
                 asyncio.to_thread(_stage_code, self.campaign, commit))
         return await asyncio.shield(self._codes[commit])
 
+    # Slurm ------------------------------------------------------------------------------------
+
+    async def _submit(self, group: list[Execution], profile: Profile) -> None:
+        """Submit a batch's runs as one job array; each is then watched until it ends."""
+        assert self._session is not None
+        try:
+            options = sbatch_options(profile, queue.sbatch_of(group[0]))
+            code, package = await self._code(group[0].commit)
+        except (ExpegitError, RunawayError) as e:
+            await self._fail_all(group, f"{e}")
+            return
+        claims, jobs = [], []
+        for execution in group:
+            folder = self._folder(execution)
+            await asyncio.to_thread(_skeleton, folder)
+            found = queue.Claim(execution.id, queue.attempt_of(execution), str(uuid.uuid4()),
+                                profile.name, time.time())
+            queue.claim(self.campaign, found)
+            claims.append(found)
+            jobs.append(Job(code, placement.RUN, execution.parameters, results=folder,
+                            environment={"RUNAWAY_COMMIT": execution.commit},
+                            run_id=found.run))
+        try:
+            handles = await self._session.submit(
+                profile, jobs, package=package, throttle=workers_for(profile, self._workers),
+                options=options)
+        except RunawayError as e:
+            for found in claims:
+                queue.release(self.campaign, found.execution)
+            await self._fail_all(group, f"runaway: {e}")
+            return
+        for execution, found, handle in zip(group, claims, handles, strict=True):
+            found = dataclasses.replace(found, job=handle.job)
+            queue.claim(self.campaign, found)
+            self._recorder.event(execution, "submitted", attempt=found.attempt, run=found.run,
+                                 job=handle.job)
+            self._listen(Change(execution.id, execution.parameters, State.QUEUED,
+                                f"submitted as Slurm job {handle.job}",
+                                self._folder(execution)))
+            self._watch(execution, profile, found)
+
+    async def _fail_all(self, group: list[Execution], why: str) -> None:
+        for execution in group:
+            self._active.pop(execution.id, None)
+            self._ended.add(execution.id)
+        await asyncio.gather(*(self._end(e, Ending(e, None, True, {
+            "attempt": queue.attempt_of(e), "reason": why})) for e in group))
+
+    def _watch(self, execution: Execution, profile: Profile, found: queue.Claim) -> None:
+        self._active[execution.id] = profile.name
+        self._watching[execution.id] = self._spawn(self._follow(execution, profile, found))
+
+    async def _follow(self, execution: Execution, profile: Profile, found: queue.Claim) -> None:
+        try:
+            ending = await self._attach(execution, profile, found)
+        except asyncio.CancelledError:
+            return  # detached: the job goes on, its claim stays for the next runner
+        finally:
+            self._watching.pop(execution.id, None)
+            self._active.pop(execution.id, None)
+            self._ended.add(execution.id)
+            self._wake()
+        if ending is None:
+            self._requeue(execution, found.attempt, "its Slurm job is gone")
+            queue.release(self.campaign, execution.id)
+            return
+        await self._end(execution, ending)
+
+    async def _attach(self, execution: Execution, profile: Profile, found: queue.Claim
+                      ) -> Ending | None:
+        """Wait for the run's job to end and collect it; None when the job is not there
+        (never submitted, or cleaned away): it runs again."""
+        assert self._session is not None
+        folder = self._folder(execution)
+        code, _ = await self._code(execution.commit)
+        stop = self._stops[execution.id] = asyncio.Event()
+        job = Job(code, placement.RUN, results=folder, run_id=found.run)
+        try:
+            with _Logs(folder, append=True) as logs:
+                outcome = await self._session.attach(profile, job, logs.stdout, logs.stderr,
+                                                     stop=stop,
+                                                     watch=self._states(execution, found))
+        except (RunawayError, ExpegitError) as e:
+            return Ending(execution, None, True, {"attempt": found.attempt, "job": found.job,
+                                                  "reason": f"runaway: {e}"})
+        finally:
+            self._stops.pop(execution.id, None)
+        await asyncio.to_thread(_skeleton, folder)
+        if outcome.where.get("state") == "LOST":
+            return None
+        ending = _slurm_ending(execution, outcome, found, self._cancelled)
+        queue.claim(self.campaign, dataclasses.replace(
+            found, exit_code=outcome.exit_code, ended=_claimed(ending)))
+        return ending
+
+    def _states(self, execution: Execution, found: queue.Claim
+                ) -> Callable[[str, Mapping[str, str]], None]:
+        """Record what Slurm says of the run: running (where), requeued (then pending)."""
+        seen = {"running": 0}
+
+        def heard(state: str, where: Mapping[str, str]) -> None:
+            folder = self._folder(execution)
+            if state == "running":
+                seen["running"] += 1
+                self._recorder.event(execution, "running", attempt=found.attempt,
+                                     run=found.run, job=where.get("job"),
+                                     restarts=where.get("restarts"), **_where(where),
+                                     argv=parameters.join(parameters.split(
+                                         execution.parameters)))
+                self._listen(Change(execution.id, execution.parameters, State.RUNNING,
+                                    f"on {where.get('node', '?')} as Slurm job "
+                                    f"{where.get('job')}", folder))
+            elif seen["running"] and state in ("pending", "requeued"):
+                seen["running"] = 0
+                self._recorder.event(execution, "requeued", attempt=found.attempt,
+                                     job=where.get("job"))
+                self._listen(Change(execution.id, execution.parameters, State.QUEUED,
+                                    "requeued by Slurm", folder))
+        return heard
+
     # Recovery ---------------------------------------------------------------------------------
 
     async def _recover(self) -> None:
@@ -391,6 +543,9 @@ class Runner:
             await self._end(execution, Ending(execution, claim.exit_code, failed, fields))
             return
         profile = self._profile(claim.profile)
+        if isinstance(profile, Profile) and profile.sbatch is not None:
+            self._watch(execution, profile, claim)  # re-attach: its job may still run
+            return
         outcome = None
         if isinstance(profile, Profile):
             folder = self._folder(execution)
@@ -420,6 +575,42 @@ class Runner:
         self._listen(Change(execution.id, execution.parameters, State.QUEUED,
                             f"{why}: queued again as attempt {attempt + 1}",
                             self._folder(execution)))
+
+
+def sbatch_options(profile: Profile, overrides: list[tuple[str, str]]) -> Sbatch | None:
+    """The profile's sbatch options with a batch's `--sbatch KEY=VALUE` in place, or a
+    one-line error."""
+    if profile.sbatch is None:
+        if overrides:
+            raise ExpegitError(f"--sbatch: profile {profile.name!r} has no sbatch: key; its "
+                               "runs do not go through Slurm", ExitCode.INPUT)
+        return None
+    try:
+        return profile.sbatch.replace(overrides)
+    except ValueError as e:
+        raise ExpegitError(str(e), ExitCode.INPUT) from None
+
+
+def _claimed(ending: Ending) -> dict[str, str]:
+    """An ending as a claim keeps it until it is committed."""
+    return ({k: str(v) for k, v in ending.fields.items() if v is not None}
+            | ({"failed": "1"} if ending.failed else {}))
+
+
+def _slurm_ending(execution: Execution, outcome: Outcome, found: queue.Claim,
+                  cancelled: bool) -> Ending:
+    """How a Slurm run ended: its exit code, and Slurm's word for the end (completed,
+    failed, timeout, cancelled, preempted, oom...)."""
+    state = outcome.where.get("state", "")
+    end = END_NAMES.get(state, state.lower())
+    failed = end != "completed" or outcome.exit_code != 0
+    reason = None
+    if end not in ("completed", "failed"):
+        reason = "cancelled" if outcome.stopped or cancelled else f"slurm: {end}"
+    return Ending(execution, outcome.exit_code, failed, {
+        "attempt": found.attempt, "job": outcome.where.get("job") or found.job,
+        "host": outcome.where.get("node"), "slurm": end,
+        "duration": f"{time.time() - found.started:.1f}", "reason": reason})
 
 
 def _detail(ending: Ending) -> str:

@@ -16,7 +16,9 @@ them again); a second signal cancels at once. Why not leave them running: a run 
 its host when the agent is gone cannot be re-attached yet (only collected once it ended),
 so it would be run again by the next agent, twice the work; and why not cancel at once:
 most runs are short, and a run that ends in the grace period is recorded as it is, not
-wasted.
+wasted. Slurm jobs are the exception: they need no ssh session, so the agent leaves them to
+the cluster at once (the laptop closes), and the next agent re-attaches to them from their
+claims and collects them, nothing submitted twice.
 
 One line per state change goes to stdout, which `agent start` points at agent.log.
 """
@@ -329,8 +331,10 @@ class Agent:
         runner, loop = self.runner, self.loop
         if runner is None or loop is None:
             return
-        self.log(f"stopping: no new run starts; running ones are cancelled in {GRACE:.0f} s")
+        self.log(f"stopping: no new run starts; running ones are cancelled in {GRACE:.0f} s; "
+                 "Slurm jobs go on, and the next agent collects them")
         runner.stop_launching()
+        runner.detach()
         loop.call_later(GRACE, self._cancel_runs)
 
     def _cancel_runs(self) -> None:

@@ -35,7 +35,7 @@ def dispatch(a: Args) -> int:
         return run(a.cwd, str(a.opt("PROFILE")), a.opt("COMMIT") or None, a.opt("EXPR"),
                    a.int("--repeat", 1, 100_000) or 1, a.int("--workers", 1, 10_000),
                    a.opt("--name"), a.flag("--new-only"), a.int("--retries", 0, 100) or 0,
-                   a.flag("--detach"), a.flag("--verbose"))
+                   a.flag("--detach"), a.flag("--verbose"), _options(a.list("--sbatch")))
     if a.flag("wait"):
         return wait(a.cwd, a.opt("--name"))
     if a.flag("reschedule"):
@@ -44,19 +44,34 @@ def dispatch(a: Args) -> int:
     return delete(a.cwd, a.list("IDS"), a.flag("--push"), a.flag("--verbose"))
 
 
+def _options(pairs: list[str]) -> list[tuple[str, str]]:
+    """`--sbatch KEY=VALUE`, each KEY once but extra, which adds a line each time."""
+    options: list[tuple[str, str]] = []
+    for pair in pairs:
+        key, equal, value = pair.partition("=")
+        if not equal or not key:
+            raise ExpegitError(f"--sbatch {pair!r}: give KEY=VALUE, such as time=2:00:00",
+                               ExitCode.USAGE)
+        if key != "extra" and key in dict(options):
+            raise ExpegitError(f"--sbatch {key} is given twice: keep one", ExitCode.USAGE)
+        options.append((key, value))
+    return options
+
+
 def run(cwd: Path, profile: str, commit: str | None, expression: str | None, repeat: int,
         workers: int | None, name: str | None, new_only: bool, retries: int, detach: bool,
-        verbose: bool) -> int:
+        verbose: bool, sbatch: list[tuple[str, str]] | None = None) -> int:
     strings = _strings(expression, repeat)
     found = campaign.find(cwd)
     # Everything is checked before anything is created.
-    runner.check_profile(found, profile)
+    runner.sbatch_options(runner.check_profile(found, profile), sbatch or [])
     full = executions.experiment_commit(found, commit)
     runner.check_code(found, full)
     if name is not None and any(queue.batch_of(e) == name for e in catalog.executions(found)):
         raise ExpegitError(f"a batch is named {name!r} already: choose another name (jobs "
                            f"reschedule --name {name} runs that one again)", ExitCode.INPUT)
-    batch = queue.enqueue(found, full, strings, profile, name=name, new_only=new_only)
+    batch = queue.enqueue(found, full, strings, profile, name=name, new_only=new_only,
+                          sbatch=sbatch)
     log = logger(verbose)
     if batch.skipped:
         print(f"skipped {batch.skipped} execution(s) that already finished", file=sys.stderr)

@@ -43,13 +43,15 @@ class Sbatch:
     options: tuple[tuple[str, str], ...] = ()  # (key of OPTIONS, value)
     extra: tuple[str, ...] = ()  # further options, each one line such as --qos=high
 
-    def replace(self, overrides: Mapping[str, str]) -> Sbatch:
-        """These options with `overrides` (`jobs run --sbatch KEY=VALUE`) in place, checked."""
+    def replace(self, overrides: Mapping[str, str] | Iterable[tuple[str, str]]) -> Sbatch:
+        """These options with `overrides` (`jobs run --sbatch KEY=VALUE`) in place, checked;
+        each `extra` adds a line."""
         def fail(what: str) -> ValueError:
             return ValueError(f"--sbatch: {what}")
         merged = dict(self.options)
         extra = list(self.extra)
-        for key, value in overrides.items():
+        pairs = overrides.items() if isinstance(overrides, Mapping) else overrides
+        for key, value in pairs:
             if key == EXTRA:
                 extra.append(_extra_line(value, fail))
             else:
