@@ -85,6 +85,7 @@ class Summary:
     finished: list[ExecutionId] = field(default_factory=list)
     failed: list[tuple[ExecutionId, str]] = field(default_factory=list)  # (id, why)
     queued: list[ExecutionId] = field(default_factory=list)  # left queued (Ctrl-C)
+    interrupted: bool = False  # stopped by the user (Ctrl-C) before the queue was done
 
 
 
@@ -491,13 +492,10 @@ class Runner:
 
     def _states(self, execution: Execution, found: queue.Claim
                 ) -> Callable[[str, Mapping[str, str]], None]:
-        """Record what Slurm says of the run: running (where), requeued (then pending)."""
-        seen = {"running": 0}
-
+        """Record what Slurm says of the run: each start (where), each requeue."""
         def heard(state: str, where: Mapping[str, str]) -> None:
             folder = self._folder(execution)
             if state == "running":
-                seen["running"] += 1
                 self._recorder.event(execution, "running", attempt=found.attempt,
                                      run=found.run, job=where.get("job"),
                                      restarts=where.get("restarts"), **_where(where),
@@ -506,8 +504,7 @@ class Runner:
                 self._listen(Change(execution.id, execution.parameters, State.RUNNING,
                                     f"on {where.get('node', '?')} as Slurm job "
                                     f"{where.get('job')}", folder))
-            elif seen["running"] and state in ("pending", "requeued"):
-                seen["running"] = 0
+            elif state == "requeued":
                 self._recorder.event(execution, "requeued", attempt=found.attempt,
                                      job=where.get("job"))
                 self._listen(Change(execution.id, execution.parameters, State.QUEUED,
@@ -575,6 +572,27 @@ class Runner:
         self._listen(Change(execution.id, execution.parameters, State.QUEUED,
                             f"{why}: queued again as attempt {attempt + 1}",
                             self._folder(execution)))
+
+
+def cancel_jobs(campaign: Campaign, chosen: list[ExecutionId]) -> list[str]:
+    """scancel the Slurm jobs that these executions' claims name, when no runner watches
+    them (a runner cancels its own: see Runner.cancel); the jobs cancelled."""
+    by_profile: dict[str, list[str]] = {}
+    for found in queue.claims(campaign):
+        if found.execution in chosen and found.job:
+            by_profile.setdefault(found.profile, []).append(found.job)
+
+    async def cancel() -> None:
+        async with Runaway() as session:
+            for name, jobs in by_profile.items():
+                await session.cancel_jobs(check_profile(campaign, name), jobs)
+
+    if by_profile:
+        try:
+            asyncio.run(cancel())
+        except RunawayError as e:
+            raise ExpegitError(f"cannot cancel the Slurm jobs: {e}", ExitCode.FAILED) from None
+    return [job for jobs in by_profile.values() for job in jobs]
 
 
 def sbatch_options(profile: Profile, overrides: list[tuple[str, str]]) -> Sbatch | None:

@@ -348,8 +348,10 @@ def _each(uuids: Iterable[str], *suffixes: str) -> str:
 
 def poll(nonce: str, root: str, uuids: Iterable[str]) -> str:
     """What the scheduler and the runs' own files say of each run: a `task|UUID|JOB|EXIT|
-    WHERE` line each, then after `squeue` its lines for their jobs, then after `sacct` the
-    accounting of those squeue forgot (nothing where there is no accounting)."""
+    WHERE` line each, then after `squeue` its lines for their job arrays (by array id: an
+    array cancelled before it was split is one line, `ID|CANCELLED`, not one per task), then
+    after `sacct` the accounting of those squeue forgot (none without accounting). Exits 3
+    when squeue fails otherwise than for forgotten jobs: a poll that knows nothing."""
     say = f"printf '%s:%s\\n' {nonce}"
     return program(nonce, f"""cd {q(root)} || exit 1
 ids=
@@ -357,10 +359,13 @@ for u in {' '.join(uuids)}; do j=; read -r j d 2>/dev/null <$u.slurm
   printf 'task|%s|%s|%s|%s\\n' $u "$j" "$(cat $u.exit 2>/dev/null)" "$(cat $u.where 2>/dev/null)"
   case $j in [0-9]*) ids="$ids $j";; esac; done
 {say} squeue
-set -- $ids; test $# = 0 || {{ q=$(squeue -h -r -t all -j "$(echo $ids | tr ' ' ,)" \
-  -o '{slurm.SQUEUE_FORMAT}' 2>/dev/null); printf '%s\\n' "$q"; }}
+arrays=$(for j in $ids; do echo "${{j%%_*}}"; done | sort -u | tr '\\n' , | sed 's/,$//')
+test -z "$arrays" || {{ q=$(squeue -h -r -t all -j "$arrays" -o '{slurm.SQUEUE_FORMAT}' \
+  2>&1) || case $q in *"Invalid job id"*) q=;; *) printf '%s\\n' "$q" >&2; exit 3;; esac
+  printf '%s\\n' "$q"; }}
 {say} sacct
-m=; for j in $ids; do printf '%s\\n' "$q" | grep -q "^$j|" || m="$m,$j"; done
+m=; for j in $ids; do printf '%s\\n' "$q" | grep -q -e "^$j|" -e "^${{j%%_*}}|" || m="$m,$j"
+done
 test -z "$m" || ! command -v sacct >/dev/null \
   || sacct -n -P -X -j "${{m#,}}" -o {slurm.SACCT_FIELDS} 2>/dev/null
 :""")

@@ -9,7 +9,9 @@ from git_expegit import catalog
 from git_expegit import executions
 from git_expegit import parameters
 from git_expegit import placement
+from git_expegit import queue
 from git_expegit import sync as syncing
+from git_expegit.commands import jobs_cli
 from git_expegit.commands.output import logger
 from git_expegit.commands.output import relative
 from git_expegit.commands.output import warn
@@ -56,6 +58,8 @@ def reset(cwd: Path, prefix: str | None, push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
     execution = catalog.resolve(found, prefix, cwd)
     placement.prepare(found, execution.commit)  # the code's objects, before the change
+    jobs_cli.stop(found, execution)  # a run under way would write into the reset folder
+    queue.release(found, execution.id)
     with syncing.pushing(found, push):
         executions.reset(found, execution)
         logger(verbose)(f"reset {execution.id}")

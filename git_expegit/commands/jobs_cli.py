@@ -125,7 +125,9 @@ def _run(found: campaign.Campaign, select: runner.Select, workers: int | None, r
         finally:
             loop.remove_signal_handler(signal.SIGINT)
 
-    return asyncio.run(main())
+    summary = asyncio.run(main())
+    summary.interrupted = not the_runner.launching
+    return summary
 
 
 def _sync(found: campaign.Campaign) -> None:
@@ -144,6 +146,8 @@ def _report(found: campaign.Campaign, summary: runner.Summary) -> int:
                else "git expegit agent start runs them")
         print(f"expegit: {len(summary.queued)} execution(s) left queued: {who}; git expegit "
               "jobs delete removes them", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    if summary.interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.FAILED if summary.failed else ExitCode.OK
 
@@ -184,8 +188,8 @@ def delete(cwd: Path, ids: Sequence[str], push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
     every = catalog.executions(found)
     chosen = [catalog.resolve_in(every, prefix) for prefix in ids]
-    for execution in [e for e in chosen if e.state == "running"]:
-        _cancel(found, execution)
+    for execution in chosen:
+        stop(found, execution)
     with syncing.pushing(found, push):
         for execution in chosen:
             queue.release(found, execution.id)
@@ -195,15 +199,24 @@ def delete(cwd: Path, ids: Sequence[str], push: bool, verbose: bool) -> int:
     return 0
 
 
-def _cancel(found: campaign.Campaign, execution: catalog.Execution) -> None:
-    """Have the runner that runs it stop it, and wait until its end is recorded."""
+def stop(found: campaign.Campaign, execution: catalog.Execution) -> None:
+    """Stop the execution's run if one is under way: have the runner that runs it stop it
+    and wait until its end is recorded; with no runner, scancel its Slurm job (nothing
+    else runs without a runner)."""
+    claimed = any(c.execution == execution.id for c in queue.claims(found))
+    if execution.state != "running" and not claimed:
+        return
     if queue.runner_pid(found) is None:
-        return  # no runner: nothing runs it any more (its claim is dropped with it)
+        for job in runner.cancel_jobs(found, [execution.id]):
+            print(f"cancelled Slurm job {job} of execution {execution.id[:8]}",
+                  file=sys.stderr)
+        return  # the claim is dropped with the execution
     queue.request_cancel(found, execution.id)
     print(f"stopping execution {execution.id[:8]}", file=sys.stderr)
     deadline = time.monotonic() + _CANCEL_SECONDS
     while time.monotonic() < deadline:
-        if catalog.resolve_in(catalog.executions(found), execution.id).state != "running":
+        if (catalog.resolve_in(catalog.executions(found), execution.id).state != "running"
+                and not any(c.execution == execution.id for c in queue.claims(found))):
             return
         time.sleep(0.2)
     raise ExpegitError(f"execution {execution.id[:8]} did not stop within "

@@ -170,30 +170,52 @@ class _Watched:
         self.ended: asyncio.Future[_End] = loop.create_future()
         self.job: asyncio.Future[str] = loop.create_future()
         self.where: dict[str, str] = {}
-        self.state = ""
+        self.state: str | None = ""  # None: squeue and sacct knew nothing of it
+        self.restarts: str | None = None  # SLURM_RESTART_COUNT of the start heard last
+        self.started = False  # its start was heard, and no requeue since
+        self.polls = 0  # polls in a row that found the same state
         self.cancelled = False
+
+    def _hear(self, state: str, job: str, where: Mapping[str, str]) -> None:
+        if self.listen is not None:
+            self.listen(state.lower(), {**where, "job": job})
 
     def forget(self) -> None:
         self.watcher.runs.pop(self.run_id, None)
 
-    def update(self, job: str, state: JobState | None, exit_text: str, where_text: str) -> None:
+    def update(self, job: str, state: JobState | None, where_text: str) -> None:
         if job and not self.job.done() and job[0].isdigit():
             self.job.set_result(job)
         where = dict(w.partition("=")[::2] for w in where_text.split() if "=" in w)
-        if state is not None and state.state != self.state:
+        found = None if state is None else state.state
+        self.polls = self.polls + 1 if found == self.state else 0
+        if state is None:
+            self.state = None
+        elif state.state != self.state:
             self.state = state.state
-            if state.state == "RUNNING" and where:
-                self.where = where
-            if self.listen is not None and not state.final:
-                self.listen(state.state.lower(), {**where, "job": job})
+            if state.state in ("PENDING", "REQUEUED") and self.started:
+                self.started = False  # requeued: the next start is heard again
+                self._hear("REQUEUED", job, where)
+            elif not state.final and state.state != "RUNNING":
+                self._hear(state.state, job, where)
+        # A start is heard once its task wrote where it runs, with how many times Slurm
+        # restarted it: a start between two polls is heard too, even of a job that ended.
+        restarts = where.get("restarts")
+        if restarts is not None and restarts != self.restarts:
+            if self.started:  # requeued and started again between two polls
+                self._hear("REQUEUED", job, where)
+            self.restarts, self.started, self.where = restarts, True, where
+            self._hear("RUNNING", job, where)
         if self.ended.done():
             return
         if not job:  # no .slurm file: collected, cleaned, or never submitted
             self.ended.set_result(_End("", "UNKNOWN"))
-        elif state is not None and state.final:
+        elif state is not None and state.final and (state.state != "PREEMPTED" or self.polls):
+            # PREEMPTED twice in a row: a job Slurm requeues shows it a moment, then PENDING.
             self.where = where or self.where
             self.ended.set_result(_End(job, state.state, state.exit_code))
-        elif state is None and job[0].isdigit():  # forgotten by squeue, no accounting
+        elif state is None and job[0].isdigit() and self.polls:
+            # Forgotten by squeue (twice in a row: not a moment's gap), no accounting.
             self.where = where or self.where
             self.ended.set_result(_End(job, "UNKNOWN"))
 
@@ -243,7 +265,7 @@ class _HostWatcher:
             fields = line.split("|", 4)
             if len(fields) == 5 and fields[0] == "task" and fields[1] in self.runs:
                 job = fields[2]
-                self.runs[fields[1]].update(job, states.get(job), fields[3], fields[4])
+                self.runs[fields[1]].update(job, slurm.state_of(states, job), fields[4])
         return before != [(r.state, r.ended.done()) for r in runs]
 
 

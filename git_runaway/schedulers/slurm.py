@@ -144,6 +144,12 @@ def parse_squeue(text: str) -> dict[str, JobState]:
     return found
 
 
+def state_of(states: Mapping[str, JobState], job: str) -> JobState | None:
+    """The state of the task `job` ("123_4"): its own line, else its array's (the part of an
+    array that was never split into tasks, e.g. cancelled while pending, is one line)."""
+    return states.get(job) or states.get(job.partition("_")[0])
+
+
 def parse_sacct(text: str) -> dict[str, JobState]:
     """`sacct -n -P -X -o JobID,State,ExitCode,NodeList`: "CANCELLED by 1000" is CANCELLED;
     ExitCode is "code:signal"."""
@@ -168,8 +174,9 @@ _STEPD = re.compile(rb"\*\*\* JOB [0-9_]+ ON \S+ CANCELLED AT \S+(?: DUE TO ([A-
 
 
 def state_from_stderr(stderr: bytes) -> str | None:
-    """TIMEOUT, PREEMPTED or CANCELLED from slurmstepd's last word in the job's stderr."""
-    found = list(_STEPD.finditer(stderr))
+    """TIMEOUT, PREEMPTED or CANCELLED from slurmstepd's last word in the job's stderr; a
+    requeue's ("DUE TO JOB REQUEUE") is no end: the job ran again after it."""
+    found = [m for m in _STEPD.finditer(stderr) if (m[1] or b"").strip() != b"JOB REQUEUE"]
     if not found:
         return None
     reason = (found[-1][1] or b"").decode().strip()
