@@ -349,15 +349,18 @@ def _each(uuids: Iterable[str], *suffixes: str) -> str:
 def poll(nonce: str, root: str, uuids: Iterable[str]) -> str:
     """What the scheduler and the runs' own files say of each run: a `task|UUID|JOB|EXIT|
     WHERE` line each, then after `squeue` its lines for their jobs, then after `sacct` the
-    accounting of those squeue forgot (nothing where there is no accounting)."""
+    accounting of those squeue forgot (nothing where there is no accounting). squeue is
+    also asked about their arrays: a task cancelled before Slurm split it from its array
+    has no record of its own, only the array's (`123|CANCELLED`)."""
     say = f"printf '%s:%s\\n' {nonce}"
     return program(nonce, f"""cd {q(root)} || exit 1
-ids=
+ids= a=
 for u in {' '.join(uuids)}; do j=; read -r j d 2>/dev/null <$u.slurm
   printf 'task|%s|%s|%s|%s\\n' $u "$j" "$(cat $u.exit 2>/dev/null)" "$(cat $u.where 2>/dev/null)"
-  case $j in [0-9]*) ids="$ids $j";; esac; done
+  case $j in [0-9]*) ids="$ids $j"
+    case ",$a," in *",${{j%_*}},"*) ;; *) a="$a,${{j%_*}}";; esac;; esac; done
 {say} squeue
-set -- $ids; test $# = 0 || {{ q=$(squeue -h -r -t all -j "$(echo $ids | tr ' ' ,)" \
+set -- $ids; test $# = 0 || {{ q=$(squeue -h -r -t all -j "$(echo $ids | tr ' ' ,)$a" \
   -o '{slurm.SQUEUE_FORMAT}' 2>/dev/null); printf '%s\\n' "$q"; }}
 {say} sacct
 m=; for j in $ids; do printf '%s\\n' "$q" | grep -q "^$j|" || m="$m,$j"; done

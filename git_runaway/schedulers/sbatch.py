@@ -92,10 +92,12 @@ async def submit(session: Runaway, profile: Profile, jobs: list[Job], package: P
         started.process.write_eof()
         message = await started.last_message()
         await started.finish()
+    # Accepted or not, the code is this session's to delete with --leave=nothing once no
+    # run uses it: a refused submission leaves nothing on the host.
+    session.keep_code((profile.ssh_config, root), package.digest, jobs[0].leave)
     if word is None or not word.startswith("submitted "):
         raise RunawayError(f"sbatch refused the jobs on {host.name}: {message}",
                            ExitCode.PROFILE if word == "refused" else ExitCode.HOST)
-    session.keep_code((profile.ssh_config, root), package.digest, jobs[0].leave)
     array = word.split()[1]
     session.log(f"submitted {len(jobs)} run(s) as job array {array} on {host.name}")
     ids = slurm.job_ids(array, len(jobs))
@@ -243,8 +245,18 @@ class _HostWatcher:
             fields = line.split("|", 4)
             if len(fields) == 5 and fields[0] == "task" and fields[1] in self.runs:
                 job = fields[2]
-                self.runs[fields[1]].update(job, states.get(job), fields[3], fields[4])
+                self.runs[fields[1]].update(job, _state(states, job), fields[3], fields[4])
         return before != [(r.state, r.ended.done()) for r in runs]
+
+
+def _state(states: Mapping[str, JobState], job: str) -> JobState | None:
+    """The task's own record, or else its array's final one: a task cancelled (or failed to
+    start) before Slurm split it from its array has no record of its own."""
+    found = states.get(job)
+    array = states.get(job.partition("_")[0])
+    if found is None and array is not None and array.final:
+        return dataclasses.replace(array, job=job)
+    return found
 
 
 def _watcher(session: Runaway, profile: Profile, root: str) -> _HostWatcher:
