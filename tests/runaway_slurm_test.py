@@ -310,3 +310,53 @@ def test_check_on_an_sbatch_profile_finds_the_slurm_commands(sbatch: Target, hom
     assert bad.returncode == FAILED, bad.stdout + bad.stderr
     assert bad.stdout.splitlines()[-1] == ("FAIL  sbatch, squeue, scancel on the PATH: not on "
                                            "the PATH: squeue scancel")
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_ctrl_c_on_detach_submits_nothing_before_and_records_the_job_during_the_submission(
+        cluster: str, home: Path, work: Path, tmp_path: Path, when: str):
+    # Submitted from this machine (a profile without ssh_config) through an sbatch that
+    # says when it starts, then takes 2 s: the Ctrl-C lands during it; or before it, while
+    # the host_directory (shell text) says it is being made, then takes 2 s.
+    fake = tmp_path / "bin"
+    real = shutil.which("sbatch")
+    assert real is not None
+    script(fake, "sbatch", f"touch {tmp_path}/asked; sleep 2; exec {real} \"$@\"\n")
+    write_profile(home / ".config" / "runaway", "here",
+                  host_directory=f"$(touch {tmp_path}/rooting; sleep 2; echo {tmp_path}/h)",
+                  execution=["$SCRIPT_NAME"], sbatch={"partition": partition(), "time": 1})
+    script(work, "run.sh", "echo ran > ran.txt\n")
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    process = subprocess.Popen(["git-runaway", "--detach", "here", "run.sh"], cwd=work,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env=env)
+    wait_until(lambda: (tmp_path / ("asked" if when == "during" else "rooting")).exists(),
+               "there")
+    os.kill(process.pid, signal.SIGINT)  # runaway alone: its sbatch must not die of it
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    if when == "before":
+        assert (stdout, stderr) == ("", "runaway: interrupted\n")
+        assert not (tmp_path / "asked").exists() and records(home) == []
+        return
+    [record] = records(home)
+    assert stdout == f"{record['job']}\n"
+    assert stderr.endswith(f"git runaway --attach {record['job']}\n")
+    done = runaway("--attach", str(record["job"]), cwd=work, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (work / "ran.txt").read_text() == "ran\n"
+
+
+def test_attach_refuses_to_bring_results_to_a_folder_that_is_gone(sbatch: Target, home: Path,
+                                                                  tmp_path: Path):
+    started = tmp_path / "started"
+    script(started, "run.sh", "echo r > result.txt\n")
+    job = detach(sbatch, started, "run.sh")
+    shutil.rmtree(started)
+    done = runaway("--attach", job, cwd=tmp_path)
+    assert done.returncode == FAILED
+    one_line(done.stderr, f"job {job}: the folder it was started from, {started}, is gone: .*")
+    assert [r["job"] for r in records(home)] == [job]
+    started.mkdir()
+    assert runaway("--attach", job, cwd=tmp_path).returncode == 0
+    assert (started / "result.txt").read_text() == "r\n"

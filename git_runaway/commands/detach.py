@@ -43,7 +43,10 @@ def detach(profile_name: str, script: str, arguments: list[str], leave: str, ver
         environment["RUNAWAY_COMMIT"] = _commit(cwd) or ""
     job = Job(cwd, script, " ".join(arguments), Leave(leave),
               {k: v for k, v in environment.items() if v}, run_id=str(uuid.uuid4()))
-    record, interrupted = asyncio.run(_detach(profile, job, logger(verbose)))
+    try:
+        record, interrupted = asyncio.run(_detach(profile, job, logger(verbose)))
+    except asyncio.CancelledError:  # Ctrl-C before the submission: nothing was submitted
+        raise KeyboardInterrupt from None
     print(record.job, flush=True)
     if interrupted:
         print(f"runaway: interrupted, but the job was submitted: collect it with "
@@ -53,11 +56,12 @@ def detach(profile_name: str, script: str, arguments: list[str], leave: str, ver
 
 
 async def _detach(profile: profiles.Profile, job: Job, log: Log) -> tuple[Detached, bool]:
-    interrupted = _wait_on_ctrl_c()
+    submitting, interrupted = _on_ctrl_c()
     async with Runaway(log) as runaway:
         package = await asyncio.to_thread(pack, job.folder)
         host = await runaway.host(profile)
         root = await runaway.root(host, profile)
+        submitting.set()
         [handle] = await runaway.submit(profile, [job], package=package)
     assert job.run_id is not None
     record = Detached(profile.name, profile.ssh_config, root, str(job.folder), job.script,
@@ -68,12 +72,18 @@ async def _detach(profile: profiles.Profile, job: Job, log: Log) -> tuple[Detach
     return record, interrupted.is_set()
 
 
-def _wait_on_ctrl_c() -> asyncio.Event:
-    """Submitting takes a second: a Ctrl-C meanwhile waits for sbatch's answer, so that a
-    job it accepted is recorded, never left running unknown. A second one aborts."""
-    interrupted = asyncio.Event()
+def _on_ctrl_c() -> tuple[asyncio.Event, asyncio.Event]:
+    """A Ctrl-C before the submission stops at once: nothing was submitted. Submitting
+    takes a second: a Ctrl-C meanwhile waits for sbatch's answer, so that a job it accepted
+    is recorded, never left running unknown; a second one aborts."""
+    main = asyncio.current_task()
+    assert main is not None
+    submitting, interrupted = asyncio.Event(), asyncio.Event()
 
     def on_sigint() -> None:
+        if not submitting.is_set():
+            main.cancel()
+            return
         if interrupted.is_set():
             print("runaway: interrupted again: aborted; a job sbatch accepted runs unrecorded",
                   file=sys.stderr, flush=True)
@@ -83,7 +93,7 @@ def _wait_on_ctrl_c() -> asyncio.Event:
               file=sys.stderr, flush=True)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_sigint)
-    return interrupted
+    return submitting, interrupted
 
 
 def attach(jobs: list[str], verbose: bool, cwd: Path) -> int:
@@ -121,6 +131,11 @@ async def _attach(records: list[Detached], log: Log) -> int:
 
 async def _collect(runaway: Runaway, record: Detached) -> int:
     target = record.target()
+    if not Path(record.folder).is_dir():  # its results would go nowhere anyone looks
+        print(f"runaway: job {record.job}: the folder it was started from, {record.folder}, "
+              f"is gone: make it again to collect it there, or remove "
+              f"{detached.folder()}/{record.run_id}.json", file=sys.stderr, flush=True)
+        return ExitCode.USAGE.status
     runaway.log(f"waiting for job {record.job} on {target.ssh_config or 'this machine'}")
     try:
         outcome = await runaway.attach(target, record.collected(), stdout_sink, stderr_sink)
