@@ -131,14 +131,31 @@ def test_ctrl_c_cancels_the_job_and_still_collects_what_it_left(sbatch: Target, 
     assert only_lock(sbatch.host_directory)
 
 
+def submitted_job(folder: Path) -> str:
+    """The job id in the only `.slurm` file of a host_directory, once sbatch gave one."""
+    files = list(folder.glob("*.slurm")) if folder.is_dir() else []
+    text = files[0].read_text().split()[0] if len(files) == 1 else ""
+    return text if JOB.fullmatch(text) else ""
+
+
+@pytest.mark.parametrize("detached", [False, True])
 def test_a_job_that_ended_without_an_exit_code_is_one_line_and_255(
-        cluster: str, home: Path, work: Path):
+        cluster: str, home: Path, work: Path, detached: bool):
     held = slurm_profile(home, cluster, sbatch={"partition": partition(), "time": 1,
                                                 "extra": ["--hold"]})
     script(work, "run.sh", "echo never\n")
-    job = detach(held, work, "run.sh")
-    on_host(home, cluster, f"scancel {job}")  # cancelled while queued: it never ran
-    done = runaway("--attach", job, cwd=work)
+    if detached:
+        job = detach(held, work, "run.sh")
+        on_host(home, cluster, f"scancel {job}")  # cancelled while queued: it never ran
+        done = runaway("--attach", job, cwd=work)
+    else:
+        process = subprocess.Popen(["git", "runaway", held.profile, "run.sh"], cwd=work,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: submitted_job(held.host_directory), "submitted")
+        job = submitted_job(held.host_directory)
+        on_host(home, cluster, f"scancel {job}")
+        stdout, stderr = process.communicate(timeout=60)
+        done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert done.returncode == FAILED
     assert done.stdout == ""
     one_line(done.stderr, f"Slurm job {job} ended without an exit code: its state is CANCELLED")
