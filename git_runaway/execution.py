@@ -413,6 +413,10 @@ class Runaway:
                               getattr(profile, section))
             reason = f"exit {done.exit_code}: {_last_line(done.stderr)}" if done.exit_code else None
             steps.append((section, reason))
+        if profile.sbatch is not None:
+            done = await _run(host, "check", remote.find_commands, remote.SLURM_COMMANDS)
+            steps.append((f"{', '.join(remote.SLURM_COMMANDS)} on the PATH",
+                          _last_line(done.stderr) if done.exit_code else None))
         return steps
 
     async def clean(self, profile: Profile) -> list[str]:

@@ -1,7 +1,9 @@
 """Run a folder's script on a host, as if it ran here.
 
 Usage:
-  git runaway [-v] [--leave=WHAT] PROFILE SCRIPT [-- ARGS...]
+  git runaway [-v] [--leave=WHAT] [--detach] PROFILE SCRIPT [-- ARGS...]
+  git runaway [-v] --attach [JOB...]
+  git runaway --detached
   git runaway --list
   git runaway [-v] --check PROFILE
   git runaway [-v] --clean PROFILE
@@ -15,12 +17,24 @@ Options:
   -v, --verbose   Say what runaway does, on stderr, prefixed "runaway:".
   --leave=WHAT    What stays on the host: nothing, code (the archive, reused by the
                   next run of the same code) or everything [default: nothing].
+  --detach        Only with a profile that has sbatch: submit the run to Slurm and
+                  return once sbatch accepted it: print its job id (such as 123_0) and
+                  record the run here, for --attach.
+  --attach        Wait for detached runs (those with the JOB ids given, or else every
+                  one started from this folder), stream their output, fetch their
+                  results into the folder each was started from, and exit with their
+                  exit code (of several, the first that is not 0). Ctrl-C leaves the
+                  jobs running, to attach again later.
+  --detached      List the detached runs still to collect: job id, profile, submission
+                  time, folder, script and arguments.
   --list          List the profiles, where each one comes from, and its host.
   --check         Connect, create host_directory, run before_execution and
-                  after_execution, and report what failed.
+                  after_execution, with sbatch: find sbatch, squeue and scancel, and
+                  report what failed.
   --clean         Remove what runs that are over left on the host: run folders (also
                   those of --leave=everything), archives no running run uses, partial
-                  uploads; lists each.
+                  uploads, the files of Slurm jobs squeue no longer knows (collected
+                  or not); lists each. Queued and running jobs keep theirs.
   -h, --help      Show this text.
 
 ARGS are joined with spaces and split like a shell would, then quoted for the host:
@@ -31,10 +45,17 @@ then the built-in `local`, which runs on this machine without ssh, then .runaway
 at the root of the enclosing git repository (so a cloned repository never replaces your
 own profiles or `local`; --list shows the ones it ignores). Keys: host_directory,
 execution, and optionally ssh_config (without it the profile runs on this machine),
-before_execution and after_execution.
+before_execution, after_execution, concurrency, timeout, record and sbatch.
+
+With sbatch (a mapping of sbatch options: partition, time, cpus_per_task, gpus, mem,
+signal and extra, a list of further options), each run is a Slurm job: runaway submits
+it, waits for it, then streams its output and fetches its results, unless --detach.
+Ctrl-C cancels the job (scancel) and still collects what it left.
 
 Exit codes: the script's own; for runaway's own failures 255, as ssh (the message on
-stderr says what failed); 130 when interrupted.
+stderr says what failed), also for a Slurm job that ended without an exit code
+(cancelled while queued, killed at its time limit: the message names its state); 130
+when interrupted.
 """
 
 from __future__ import annotations
@@ -50,6 +71,9 @@ from docopt import docopt
 
 from git_runaway.commands.check import check
 from git_runaway.commands.clean import clean
+from git_runaway.commands.detach import attach
+from git_runaway.commands.detach import detach
+from git_runaway.commands.detach import list_detached
 from git_runaway.commands.list_profiles import list_profiles
 from git_runaway.commands.run import run
 from git_runaway.errors import ExitCode
@@ -84,6 +108,12 @@ def _dispatch(args: dict[str, object], cwd: Path) -> int:
     verbose = bool(args["--verbose"])
     if args["--list"]:
         return list_profiles(cwd)
+    if args["--detached"]:
+        return list_detached()
+    if args["--attach"]:
+        jobs = args["JOB"]
+        assert isinstance(jobs, list)
+        return attach(jobs, verbose, cwd)
     if args["--check"]:
         return check(str(args["PROFILE"]), cwd, verbose)
     if args["--clean"]:
@@ -93,7 +123,8 @@ def _dispatch(args: dict[str, object], cwd: Path) -> int:
         raise RunawayError(f"invalid --leave={leave!r}: use {', '.join(LEAVE)}", ExitCode.USAGE)
     arguments = args["ARGS"]
     assert isinstance(arguments, list)
-    return run(str(args["PROFILE"]), str(args["SCRIPT"]), arguments, leave, verbose, cwd)
+    command = detach if args["--detach"] else run
+    return command(str(args["PROFILE"]), str(args["SCRIPT"]), arguments, leave, verbose, cwd)
 
 
 def _fail(message: str, code: ExitCode) -> int:

@@ -390,6 +390,17 @@ cd {uuid} || exit 1
 {_send_results(nonce, uuid, '"$marker"', listed, files)}""")
 
 
+SLURM_COMMANDS = ("sbatch", "squeue", "scancel")  # what runaway runs for an sbatch: profile
+
+
+def find_commands(nonce: str, names: Iterable[str]) -> str:
+    """For `--check`: fail, naming them, when commands are not on the PATH of the host's
+    non-interactive shell (where runaway's programs run)."""
+    return program(nonce, f"m=; for c in {' '.join(names)}; do command -v $c >/dev/null"
+                          " || m=\"$m $c\"; done\n"
+                          "test -z \"$m\" || { echo \"not on the PATH:$m\" >&2; exit 1; }")
+
+
 def cancel(nonce: str, jobs: str) -> str:
     """`scancel` the jobs (a comma-separated list of ids)."""
     return program(nonce, f"scancel {q(jobs)}")

@@ -11,9 +11,11 @@ from git_runaway import profiles
 from git_runaway.commands.output import logger
 from git_runaway.commands.output import stderr_sink
 from git_runaway.commands.output import stdout_sink
+from git_runaway.errors import ExitCode
 from git_runaway.execution import Job
 from git_runaway.execution import Leave
 from git_runaway.execution import Log
+from git_runaway.execution import Outcome
 from git_runaway.execution import Runaway
 from git_runaway.execution import forwarded_environment
 
@@ -42,10 +44,27 @@ async def _run(profile: profiles.Profile, job: Job, log: Log) -> int:
     _on_ctrl_c(main)
     async with Runaway(log) as runaway:
         outcome = await runaway.run(profile, job, stdout_sink, stderr_sink)
+    warn_unfetched(outcome)
+    if outcome.exit_code is None:
+        return ended_without_code(outcome, outcome.where.get("job", outcome.uuid))
+    return outcome.exit_code
+
+
+def warn_unfetched(outcome: Outcome) -> None:
     for name in outcome.unfetched:  # said even without -v: these results did not come back
         print(f"runaway: warning: {name!r} was not fetched: it is unreadable, or not a "
               "file", file=sys.stderr, flush=True)
-    return outcome.exit_code
+
+
+def ended_without_code(outcome: Outcome, job: str) -> int:
+    """A Slurm job that ended before its script could say an exit code (cancelled while
+    queued, killed at its time limit): runaway's own failure, not an exit code of 0."""
+    state = outcome.where.get("state", "UNKNOWN")
+    why = (" (Slurm forgot it and it left no exit code: killed, collected already, or "
+           "removed by --clean)" if state == "LOST" else "")
+    print(f"runaway: Slurm job {job} ended without an exit code: its state is {state}{why}",
+          file=sys.stderr, flush=True)
+    return ExitCode.HOST.status
 
 
 def _on_ctrl_c(main: asyncio.Task[int]) -> None:

@@ -92,10 +92,12 @@ async def submit(session: Runaway, profile: Profile, jobs: list[Job], package: P
         started.process.write_eof()
         message = await started.last_message()
         await started.finish()
+    # Accepted or not, the code is this session's to delete with --leave=nothing once no
+    # run uses it: a refused submission leaves nothing on the host.
+    session.keep_code((profile.ssh_config, root), package.digest, jobs[0].leave)
     if word is None or not word.startswith("submitted "):
         raise RunawayError(f"sbatch refused the jobs on {host.name}: {message}",
                            ExitCode.PROFILE if word == "refused" else ExitCode.HOST)
-    session.keep_code((profile.ssh_config, root), package.digest, jobs[0].leave)
     array = word.split()[1]
     session.log(f"submitted {len(jobs)} run(s) as job array {array} on {host.name}")
     ids = slurm.job_ids(array, len(jobs))

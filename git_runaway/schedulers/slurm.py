@@ -145,9 +145,14 @@ def parse_squeue(text: str) -> dict[str, JobState]:
 
 
 def state_of(states: Mapping[str, JobState], job: str) -> JobState | None:
-    """The state of the task `job` ("123_4"): its own line, else its array's (the part of an
-    array that was never split into tasks, e.g. cancelled while pending, is one line)."""
-    return states.get(job) or states.get(job.partition("_")[0])
+    """The state of the task `job` ("123_4"): its own record, else its array's final one: a
+    task cancelled (or failed to start) before Slurm split it from its array has no record
+    of its own, only the array's (`123|CANCELLED`)."""
+    found = states.get(job)
+    array = states.get(job.partition("_")[0])
+    if found is None and array is not None and array.final:
+        return dataclasses.replace(array, job=job)
+    return found
 
 
 def parse_sacct(text: str) -> dict[str, JobState]:
