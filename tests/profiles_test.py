@@ -66,13 +66,13 @@ def test_list_shows_every_profile_with_its_source(home: Path, repo: Path):
     ("ssh_config: [unclosed\n",
      "is not valid YAML at line 2: expected ',' or ']', but got '<stream end>'"),
     ("- a list\n", "must be a mapping with the keys ssh_config, host_directory, "
-     "before_execution, execution, after_execution, concurrency, timeout, record"),
+     "before_execution, execution, after_execution, concurrency, timeout, record, sbatch"),
     ("ssh_config: h\nhost_directory: d\nexecution: [x]\nexecute: [y]\n",
      "unknown key 'execute'; allowed keys: ssh_config, host_directory, before_execution, "
-     "execution, after_execution, concurrency, timeout, record"),
+     "execution, after_execution, concurrency, timeout, record, sbatch"),
     ("ssh_config: h\nexecution: [x]\n", "missing key 'host_directory'; allowed keys: ssh_config, "
      "host_directory, before_execution, execution, after_execution, concurrency, timeout, "
-     "record"),
+     "record, sbatch"),
     ("ssh_config: h\nhost_directory: d\nexecution: [1]\n",
      "key 'execution' must be a list of shell commands"),
     ("ssh_config: [h]\nhost_directory: d\nexecution: [x]\n", "key 'ssh_config' must be a string"),
