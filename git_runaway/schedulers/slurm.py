@@ -163,7 +163,8 @@ def parse_squeue(text: str) -> dict[str, JobState]:
 
 def parse_sacct(text: str) -> dict[str, JobState]:
     """`sacct -n -P -X -o JobID,State,ExitCode,NodeList`: "CANCELLED by 1000" is CANCELLED;
-    ExitCode is "code:signal"."""
+    ExitCode is "code:signal", and "0:0" says nothing but of a job COMPLETED (sacct shows it
+    for one that timed out or was cancelled, pending or running)."""
     found = {}
     for line in text.splitlines():
         fields = line.strip().split("|")
@@ -173,6 +174,8 @@ def parse_sacct(text: str) -> dict[str, JobState]:
         exit_code = (128 + int(signal) if signal.isdigit() and int(signal)
                      else int(code) if code.isdigit() else None)
         state = fields[1].split()[0].upper() if fields[1].strip() else "UNKNOWN"
+        if exit_code == 0 and state != "COMPLETED":
+            exit_code = None
         node = fields[3] if fields[3] not in ("None assigned", "(null)") else ""
         found[fields[0]] = JobState(fields[0], state, node, exit_code)
     return found
