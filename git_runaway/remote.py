@@ -349,7 +349,9 @@ def _each(uuids: Iterable[str], *suffixes: str) -> str:
 def poll(nonce: str, root: str, uuids: Iterable[str]) -> str:
     """What the scheduler and the runs' own files say of each run: a `task|UUID|JOB|EXIT|
     WHERE` line each, then after `squeue` its lines for their jobs, then after `sacct` the
-    accounting of those squeue forgot (nothing where there is no accounting)."""
+    accounting of those squeue forgot (nothing where there is no accounting). Fails when
+    squeue does (slurmctld unreachable), but for "Invalid job id" (every job forgotten): no
+    answer is not the jobs' end."""
     say = f"printf '%s:%s\\n' {nonce}"
     return program(nonce, f"""cd {q(root)} || exit 1
 ids=
@@ -358,7 +360,8 @@ for u in {' '.join(uuids)}; do j=; read -r j d 2>/dev/null <$u.slurm
   case $j in [0-9]*) ids="$ids $j";; esac; done
 {say} squeue
 set -- $ids; test $# = 0 || {{ q=$(squeue -h -r -t all -j "$(echo $ids | tr ' ' ,)" \
-  -o '{slurm.SQUEUE_FORMAT}' 2>/dev/null); printf '%s\\n' "$q"; }}
+  -o '{slurm.SQUEUE_FORMAT}' 2>&1) || case $q in *"Invalid job id"*) q=;;
+  *) printf '%s\\n' "$q" >&2; exit 1;; esac; printf '%s\\n' "$q"; }}
 {say} sacct
 m=; for j in $ids; do printf '%s\\n' "$q" | grep -q "^$j|" || m="$m,$j"; done
 test -z "$m" || ! command -v sacct >/dev/null \
