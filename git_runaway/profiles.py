@@ -182,12 +182,29 @@ def read(path: Path) -> str:
     return data.decode()
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without 1.1's base-60 numbers: `time: 30:00` is the text Slurm reads as 30
+    minutes, not the number 1800 (which Slurm would read as 30 hours)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if not tag.endswith((":int", ":float"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
+    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+
 def parse(path: Path) -> Profile:
     def fail(what: str) -> RunawayError:
         return RunawayError(f"profile {path}: {what}", ExitCode.PROFILE)
 
     try:
-        data = yaml.safe_load(read(path))
+        data = yaml.load(read(path), Loader=_Loader)  # a SafeLoader
     except (OSError, UnicodeDecodeError) as e:
         raise fail(f"cannot read it ({e})") from None
     except yaml.YAMLError as e:

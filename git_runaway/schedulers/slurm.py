@@ -31,9 +31,13 @@ OPTIONS: dict[str, tuple[re.Pattern[str], str, str]] = {
 }
 EXTRA = "extra"
 KEYS = (*OPTIONS, EXTRA)
-# sbatch options that runaway sets itself: a profile's `extra` must not change them.
-_OWN = ("--array", "-a", "--output", "-o", "--error", "-e", "--parsable", "--wrap",
-        "--chdir", "-D", "--job-name", "-J")
+# sbatch options that runaway sets itself, or that would keep `sbatch --parsable` from
+# printing the id runaway reads (--test-only) or from returning once the job is queued
+# (--wait): a profile's `extra` must not give them, in any spelling sbatch takes.
+_OWN = ("--array", "--output", "--error", "--parsable", "--wrap", "--chdir", "--job-name",
+        "--wait", "--test-only")
+_OWN_SHORT = "aoeDJW"  # -a, -o, -e, -D, -J, -W
+_FLAGS = "HhIkOQsuVvW"  # sbatch's short options that take no value (-I, -k: an optional one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +57,7 @@ class Sbatch:
         pairs = overrides.items() if isinstance(overrides, Mapping) else overrides
         for key, value in pairs:
             if key == EXTRA:
-                extra.append(_extra_line(value, fail))
+                extra.append(_extra_line(value, fail, EXTRA))
             else:
                 merged[key] = _option(key, value, fail)
         return Sbatch(tuple(sorted(merged.items())), tuple(extra))
@@ -71,7 +75,8 @@ def parse(value: object, fail: Callable[[str], Exception]) -> Sbatch:
     extra: tuple[str, ...] = ()
     for key, item in value.items():
         if key == EXTRA:
-            extra = tuple(_extra_line(line, fail) for line in _extra_list(item, fail))
+            extra = tuple(_extra_line(line, fail, f"sbatch.{EXTRA}")
+                          for line in _extra_list(item, fail))
         else:
             options[str(key)] = _option(str(key), item, fail, prefix="sbatch.")
     return Sbatch(tuple(sorted(options.items())), extra)
@@ -79,11 +84,11 @@ def parse(value: object, fail: Callable[[str], Exception]) -> Sbatch:
 
 def _option(key: str, value: object, fail: Callable[[str], Exception], prefix: str = "") -> str:
     if key not in OPTIONS:
-        raise fail(f"unknown key {prefix}{key!r}; sbatch keys: {', '.join(KEYS)}")
+        raise fail(f"unknown key {prefix + key!r}; sbatch keys: {', '.join(KEYS)}")
     pattern, _, example = OPTIONS[key]
     text = str(value).strip() if type(value) in (int, str) else ""
     if not pattern.fullmatch(text):
-        raise fail(f"key {prefix}{key!r} must be {example}, not {value!r}")
+        raise fail(f"key {prefix + key!r} must be {example}, not {value!r}")
     return text
 
 
@@ -91,19 +96,33 @@ def _extra_list(value: object, fail: Callable[[str], Exception]) -> list[object]
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list):
-        raise fail("key sbatch.extra must be a list of sbatch options such as --qos=high")
+        raise fail("key 'sbatch.extra' must be a list of sbatch options such as --qos=high")
     return value
 
 
-def _extra_line(line: object, fail: Callable[[str], Exception]) -> str:
+def _extra_line(line: object, fail: Callable[[str], Exception], name: str) -> str:
     """One option of `extra`, as `--qos=high` or `#SBATCH --qos=high`: one line, an option,
     and not one runaway sets itself."""
     text = line.strip().removeprefix("#SBATCH").strip() if isinstance(line, str) else ""
-    if (not text.startswith("-") or any(c in text for c in "\n\r\0")
-            or text.split("=")[0].split()[0] in _OWN):
-        raise fail(f"key sbatch.extra has {line!r}: each item is one sbatch option such as "
-                   f"--qos=high, other than {', '.join(o for o in _OWN if o.startswith('--'))}")
+    if not text.startswith("-") or any(c in text for c in "\n\r\0") or _sets_own(text):
+        raise fail(f"key {name!r} has {line!r}: each item is one sbatch option such as "
+                   f"--qos=high, other than {', '.join(_OWN)}")
     return text
+
+
+def _sets_own(option: str) -> bool:
+    """Whether sbatch reads `option` as one of _OWN: sbatch (getopt) takes a long option
+    abbreviated (`--outp=x` is --output), a short one with its value attached (`-ox`), and
+    short flags run together (`-Qox` is -Q -o x)."""
+    name = re.split(r"[=\s]", option, maxsplit=1)[0]
+    if name.startswith("--"):
+        return len(name) > 2 and any(own.startswith(name) for own in _OWN)
+    for letter in name[1:]:
+        if letter in _OWN_SHORT:
+            return True
+        if letter not in _FLAGS:  # an option with a value: the rest of the word is its value
+            return False
+    return False
 
 
 # Reading the scheduler -------------------------------------------------------------------------
@@ -157,7 +176,8 @@ def state_of(states: Mapping[str, JobState], job: str) -> JobState | None:
 
 def parse_sacct(text: str) -> dict[str, JobState]:
     """`sacct -n -P -X -o JobID,State,ExitCode,NodeList`: "CANCELLED by 1000" is CANCELLED;
-    ExitCode is "code:signal"."""
+    ExitCode is "code:signal", and "0:0" says nothing but of a job COMPLETED (sacct shows it
+    for one that timed out or was cancelled, pending or running)."""
     found = {}
     for line in text.splitlines():
         fields = line.strip().split("|")
@@ -167,6 +187,8 @@ def parse_sacct(text: str) -> dict[str, JobState]:
         exit_code = (128 + int(signal) if signal.isdigit() and int(signal)
                      else int(code) if code.isdigit() else None)
         state = fields[1].split()[0].upper() if fields[1].strip() else "UNKNOWN"
+        if exit_code == 0 and state != "COMPLETED":
+            exit_code = None
         node = fields[3] if fields[3] not in ("None assigned", "(null)") else ""
         found[fields[0]] = JobState(fields[0], state, node, exit_code)
     return found
