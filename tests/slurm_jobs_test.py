@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +72,8 @@ def events(execution: dict[str, object], kind: str) -> list[dict[str, str]]:
     for line in execution["log"]:  # type: ignore[attr-defined]
         words = line.split()
         if words[1] == kind:
-            found.append(dict(w.split("=", 1) for w in words[2:] if "=" in w))
+            found.append({k: urllib.parse.unquote(v) for k, _, v in
+                          (w.partition("=") for w in words[2:] if "=" in w)})
     return found
 
 
