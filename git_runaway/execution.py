@@ -215,11 +215,7 @@ class Runaway:
                                "it must be sent to run", ExitCode.USAGE)
         self._log(f"packed {len(package.files)} entries ({package.size} bytes, "
                   f"sha256 {package.digest[:12]})")
-        if not job.environment.get("RUNAWAY_COMMIT"):  # the caller knows it, or git here
-            commit = await asyncio.to_thread(_commit, job.folder)
-            if commit:
-                job = dataclasses.replace(job, environment={**job.environment,
-                                                            "RUNAWAY_COMMIT": commit})
+        [job] = await _with_commit([job])
         if profile.sbatch is not None:
             return await self._submit_and_wait(profile, job, stdout, stderr, package, started,
                                                stop)
@@ -258,7 +254,8 @@ class Runaway:
                                stop: asyncio.Event | None) -> Outcome:
         """A blocking run on an sbatch profile: submit, wait, collect. Cancelling it
         cancels the job (scancel), then still collects what the job left."""
-        [handle] = await self.submit(profile, [job], package=package)
+        # Shielded: a Ctrl-C while sbatch answers must not lose a job it accepted.
+        [handle] = await asyncio.shield(self.submit(profile, [job], package=package))
         job = dataclasses.replace(job, run_id=handle.run_id)
         stop = stop or asyncio.Event()
 
@@ -294,6 +291,7 @@ class Runaway:
                                "scripts directly and cannot submit them", ExitCode.USAGE)
         if package is None:
             package = await asyncio.to_thread(pack, jobs[0].folder)
+        jobs = await _with_commit(jobs)
         for job in jobs:
             variables.check(job.environment, job.script, split_arguments(job.arguments))
             if _script_path(job) not in package.files:
@@ -703,6 +701,18 @@ def _keep(archive: Path, run_id: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(archive, path)
     return path
+
+
+async def _with_commit(jobs: list[Job]) -> list[Job]:
+    """The jobs with RUNAWAY_COMMIT: the caller's, or the commit checked out in their
+    folder (one folder for all)."""
+    if all(job.environment.get("RUNAWAY_COMMIT") for job in jobs):
+        return jobs
+    commit = await asyncio.to_thread(_commit, jobs[0].folder)
+    if not commit:
+        return jobs
+    return [job if job.environment.get("RUNAWAY_COMMIT") else dataclasses.replace(
+        job, environment={**job.environment, "RUNAWAY_COMMIT": commit}) for job in jobs]
 
 
 def _commit(folder: Path) -> str | None:

@@ -234,7 +234,8 @@ def parse(path: Path) -> Profile:
         concurrency=_concurrency(data.get("concurrency"), fail),
         timeout=_duration(data.get("timeout"), fail),
         record=_commands(data, "record", fail),
-        sbatch=None if data.get("sbatch") is None else slurm.parse(data["sbatch"], fail),
+        # `sbatch:` left empty is a mistake, not a profile that silently runs directly.
+        sbatch=slurm.parse(data["sbatch"], fail) if "sbatch" in data else None,
     )
 
 

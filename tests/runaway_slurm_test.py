@@ -377,3 +377,40 @@ def test_attach_refuses_to_bring_results_to_a_folder_that_is_gone(sbatch: Target
     started.mkdir()
     assert runaway("--attach", job, cwd=tmp_path).returncode == 0
     assert (started / "result.txt").read_text() == "r\n"
+
+
+def test_a_run_whose_submission_was_killed_before_sbatch_answered_ends(
+        sbatch: Target, home: Path, cluster: str, work: Path) -> None:
+    """A submit program killed mid-way leaves `<run>.slurm` as "- DIGEST": a watcher must
+    end it (nothing will ever run it), not poll forever."""
+    import asyncio
+
+    from git_runaway import profiles
+    from git_runaway.execution import Job
+    from git_runaway.execution import Runaway
+
+    run_id = str(uuid.uuid4())
+    on_host(home, cluster, f"mkdir -p {sbatch.host_directory} && cd {sbatch.host_directory}"
+                           f" && echo '- {'0' * 64}' > {run_id}.slurm && : > {run_id}.job")
+    script(work, "run.sh", "echo never\n")
+    profile = profiles.load(sbatch.profile, work)
+
+    async def attach() -> object:
+        async with Runaway() as session:
+            return await asyncio.wait_for(session.attach(
+                profile, Job(work, "run.sh", run_id=run_id), lambda b: None,
+                lambda b: None), 60)
+
+    outcome = asyncio.run(attach())
+    assert outcome.where["state"] == "LOST" and outcome.exit_code is None  # type: ignore[attr-defined]
+    assert [p.name for p in sbatch.host_directory.iterdir() if p.name != ".lock"] == []
+
+
+def test_an_empty_sbatch_key_is_refused(home: Path, work: Path) -> None:
+    path = write_profile(home / ".config" / "runaway", "empty", host_directory="d",
+                         execution=["x"], sbatch=None)
+    script(work, "run.sh", "echo never\n")
+    done = runaway("empty", "run.sh", cwd=work)
+    assert done.returncode == FAILED
+    assert done.stderr.startswith(f"runaway: profile {path}: key 'sbatch' must be a mapping")
+    assert done.stdout == ""

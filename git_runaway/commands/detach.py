@@ -26,7 +26,6 @@ from git_runaway.execution import Job
 from git_runaway.execution import Leave
 from git_runaway.execution import Log
 from git_runaway.execution import Runaway
-from git_runaway.execution import _commit
 from git_runaway.execution import forwarded_environment
 
 
@@ -38,11 +37,8 @@ def detach(profile_name: str, script: str, arguments: list[str], leave: str, ver
         raise RunawayError(f"--detach needs a profile with an sbatch: key; {profile.name!r} "
                            f"({profile.source}) runs its scripts directly: run without "
                            "--detach", ExitCode.USAGE)
-    environment = forwarded_environment(os.environ)
-    if not environment.get("RUNAWAY_COMMIT"):
-        environment["RUNAWAY_COMMIT"] = _commit(cwd) or ""
-    job = Job(cwd, script, " ".join(arguments), Leave(leave),
-              {k: v for k, v in environment.items() if v}, run_id=str(uuid.uuid4()))
+    job = Job(cwd, script, " ".join(arguments), Leave(leave), forwarded_environment(os.environ),
+              run_id=str(uuid.uuid4()))
     try:
         record, interrupted = asyncio.run(_detach(profile, job, logger(verbose)))
     except asyncio.CancelledError:  # Ctrl-C before the submission: nothing was submitted

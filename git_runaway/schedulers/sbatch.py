@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 # jobs are short, and a cluster is not asked every second about jobs that run for hours.
 FIRST_POLL = 1.0
 _DEFAULT_MAX_POLL = 30.0
+# Polls that find a run's `.slurm` still without a job id before it counts as never
+# submitted: its submission (which holds .lock for a moment) was killed.
+_UNSUBMITTED_POLLS = 3
 Watcher = Callable[[str, Mapping[str, str]], None]  # (Slurm's state, lowercase; where)
 
 
@@ -210,7 +213,9 @@ class _Watched:
             self._hear("RUNNING", job, where)
         if self.ended.done():
             return
-        if not job:  # no .slurm file: collected, cleaned, or never submitted
+        if not job or (job == "-" and self.polls >= _UNSUBMITTED_POLLS):
+            # No .slurm file (collected, cleaned, never submitted), or one whose submission
+            # was killed before sbatch answered: nothing will ever run it.
             self.ended.set_result(_End("", "UNKNOWN"))
         elif state is not None and state.final and (state.state != "PREEMPTED" or self.polls):
             # PREEMPTED twice in a row: a job Slurm requeues shows it a moment, then PENDING.
