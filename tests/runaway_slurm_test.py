@@ -414,3 +414,17 @@ def test_an_empty_sbatch_key_is_refused(home: Path, work: Path) -> None:
     assert done.returncode == FAILED
     assert done.stderr.startswith(f"runaway: profile {path}: key 'sbatch' must be a mapping")
     assert done.stdout == ""
+
+
+def test_before_and_after_execution_run_inside_the_job(cluster: str, home: Path,
+                                                        work: Path) -> None:
+    target = slurm_profile(home, cluster, "around", sbatch={"partition": partition(),
+                                                            "time": 1},
+                           before_execution=["export GREETING=hello"],
+                           after_execution=["echo \"after $SLURM_JOB_ID\" > after.txt"])
+    script(work, "run.sh", 'echo "$GREETING from $SLURM_ARRAY_JOB_ID" > greeting.txt\nexit 4\n')
+    done = runaway(target.profile, "run.sh", cwd=work)
+    assert done.returncode == 4, done.stderr
+    greeting = (work / "greeting.txt").read_text().split()
+    assert greeting[:2] == ["hello", "from"] and greeting[2].isdigit()
+    assert (work / "after.txt").read_text().split()[0] == "after"  # after a failing script too
