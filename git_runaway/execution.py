@@ -28,7 +28,7 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 from typing import BinaryIO
 
 from git_runaway import hosts
@@ -50,6 +50,9 @@ from git_runaway.profiles import Profile
 from git_runaway.profiles import repository_root
 from git_runaway.schedulers.sbatch import Handle
 from git_runaway.schedulers.slurm import Sbatch
+
+if TYPE_CHECKING:
+    from git_runaway.schedulers.sbatch import HostWatcher
 
 Log = Callable[[str], None]
 
@@ -129,7 +132,7 @@ class Runaway:
         self._archives: dict[Where, dict[str, Leave]] = {}
         # The last upload of each archive: runs that find it missing wait for it, not resend.
         self._uploads: dict[tuple[Where, str], asyncio.Future[int]] = {}
-        self.watchers: dict[Where, Any] = {}  # schedulers.sbatch's poll loop of each host
+        self.watchers: dict[Where, HostWatcher] = {}  # the Slurm poll loop of each host
 
     def log(self, message: str) -> None:
         self._log(message)

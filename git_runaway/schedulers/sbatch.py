@@ -169,7 +169,7 @@ class _End:
 
 
 class _Watched:
-    def __init__(self, watcher: _HostWatcher, run_id: str, listen: Watcher | None) -> None:
+    def __init__(self, watcher: HostWatcher, run_id: str, listen: Watcher | None) -> None:
         loop = asyncio.get_running_loop()
         self.watcher, self.run_id, self.listen = watcher, run_id, listen
         self.ended: asyncio.Future[_End] = loop.create_future()
@@ -227,7 +227,7 @@ class _Watched:
             self.ended.set_result(_End(job, "UNKNOWN"))
 
 
-class _HostWatcher:
+class HostWatcher:
     """One poll loop for all the runs a session watches in one host_directory."""
 
     def __init__(self, session: Runaway, profile: Profile, root: str) -> None:
@@ -276,12 +276,11 @@ class _HostWatcher:
         return before != [(r.state, r.ended.done()) for r in runs]
 
 
-def _watcher(session: Runaway, profile: Profile, root: str) -> _HostWatcher:
+def _watcher(session: Runaway, profile: Profile, root: str) -> HostWatcher:
     key = (profile.ssh_config, root)
-    watchers: dict[tuple[str | None, str], _HostWatcher] = session.watchers
-    if key not in watchers:
-        watchers[key] = _HostWatcher(session, profile, root)
-    return watchers[key]
+    if key not in session.watchers:
+        session.watchers[key] = HostWatcher(session, profile, root)
+    return session.watchers[key]
 
 
 # Collecting ----------------------------------------------------------------------------------
