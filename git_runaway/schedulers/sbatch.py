@@ -145,7 +145,10 @@ async def _cancel_when(session: Runaway, profile: Profile, stop: asyncio.Event |
     job = await watched.job
     watched.cancelled = True
     session.log(f"cancelling Slurm job {job}")
-    await cancel(session, profile, [job])
+    try:
+        await cancel(session, profile, [job])
+    except RunawayError as e:  # the job then ends as it would: said, not lost in a task
+        session.log(str(e))
 
 
 async def cancel(session: Runaway, profile: Profile, jobs: list[str]) -> None:
