@@ -150,6 +150,7 @@ class Runner:
         self._session: Runaway | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._watching: dict[ExecutionId, asyncio.Task[None]] = {}  # Slurm runs, by execution
+        self._detached = False
         self.summary = Summary()
 
     # Control ----------------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class Runner:
     def detach(self) -> None:
         """Stop watching the Slurm jobs, which go on without us (`agent stop`: the laptop
         closes); their claims stay, and the next runner collects them. Nothing new starts."""
+        self._detached = True
         self.stop_launching()
         for task in self._watching.values():
             task.cancel()
@@ -444,6 +446,10 @@ class Runner:
             "attempt": queue.attempt_of(e), "reason": why})) for e in group))
 
     def _watch(self, execution: Execution, profile: Profile, found: queue.Claim) -> None:
+        if self._detached:  # submitted while detaching: the next runner follows it
+            self._active.pop(execution.id, None)
+            self._ended.add(execution.id)
+            return
         self._active[execution.id] = profile.name
         self._watching[execution.id] = self._spawn(self._follow(execution, profile, found))
 
