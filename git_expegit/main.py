@@ -26,6 +26,8 @@ Usage:
   git expegit [-v] hooks uninstall [--experiment=PATH]
   git expegit hooks post-commit
   git expegit [-v] agent (start | stop | status | run)
+  git expegit results [--format=F]
+  git expegit [-v] gui [--port=N] [--host=H] [PATH]
   git expegit -h | --help
   git expegit --version
 
@@ -75,6 +77,11 @@ Commands:
                  campaign to it.
   agent          The background process that runs this clone's queue: start, stop,
                  status, or run in the foreground.
+  results        One row per execution: its parameters (KEY=VALUE and --key value split
+                 into columns) and the numbers of its JSON results (--format table, csv
+                 or json).
+  gui            The web interface of the campaign at PATH (default: here), on
+                 127.0.0.1:8088; prints the URL with its access token.
 
 Options:
   -v, --verbose       Say what expegit does, on stderr, and all that a failed git
@@ -91,7 +98,7 @@ Options:
                       failed).
   --grep=TEXT         Only executions whose parameters contain TEXT.
   --commit=C          Only executions of experiment commits starting with C.
-  --format=F          table or json [default: table].
+  --format=F          table or json (results: also csv) [default: table].
   -w N, --workers=N   Runs at a time [default: the profile's concurrency, else the
                       number of CPUs for local and 8 for a host].
   --name=NAME         The batch's name (default: generated from the time).
@@ -387,9 +394,23 @@ def _agent(a: Args) -> int:
     return agent_cli.dispatch(a)
 
 
+def _results(a: Args) -> int:
+    from git_expegit.commands import results_cli
+
+    return results_cli.results(a.cwd, str(a.opt("--format")))
+
+
+def _gui(a: Args) -> int:
+    from git_expegit.commands import gui_cli
+
+    return gui_cli.gui(a.cwd, a.opt("PATH"), a.int("--port", 1, 65535) or gui_cli.PORT,
+                       a.opt("--host") or gui_cli.HOST, a.flag("--verbose"))
+
+
 _COMMANDS: dict[str, Handler] = {
     "jobs": _jobs, "logs": _logs, "hooks": _hooks, "agent": _agent,
     "init": _init, "clone": _clone, "new": _new, "params": _params, "run": _run,
     "finish": _finish, "reset": _reset, "remove": _remove, "update-expe": _update_expe,
     "sync": _sync, "status": _status, "list": _list, "show": _show, "--version": _version,
+    "results": _results, "gui": _gui,
 }

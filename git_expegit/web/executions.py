@@ -1,0 +1,7 @@
+"""See git_expegit/web/__init__.py."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+routes: list[BaseRoute] = []
