@@ -353,9 +353,12 @@ def poll(nonce: str, root: str, uuids: Iterable[str]) -> str:
     after `sacct` the accounting of those squeue forgot (none without accounting). Exits 3
     when squeue fails otherwise than for forgotten jobs: a poll that knows nothing."""
     say = f"printf '%s:%s\\n' {nonce}"
+    # A `.slurm` still "- DIGEST" while no submission holds .lock (checked first) is left by
+    # a submit program that died before sbatch answered: no job, as if never submitted.
     return program(nonce, f"""cd {q(root)} || exit 1
-ids=
+ids=; free=; flock -n .lock true 2>/dev/null && free=1
 for u in {' '.join(uuids)}; do j=; read -r j d 2>/dev/null <$u.slurm
+  test "$j$free" = -1 && j=
   printf 'task|%s|%s|%s|%s\\n' $u "$j" "$(cat $u.exit 2>/dev/null)" "$(cat $u.where 2>/dev/null)"
   case $j in [0-9]*) ids="$ids $j";; esac; done
 {say} squeue

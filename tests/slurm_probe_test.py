@@ -1,0 +1,94 @@
+"""Attacks on the Slurm support, on the real cluster: runners killed at the worst moments,
+hostile values, a cluster that refuses, large arrays. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import expegit
+from tests.conftest import ssh_user_home
+from tests.conftest import write_profile
+from tests.slurm_cluster_test import remote
+from tests.slurm_jobs_test import events
+from tests.slurm_jobs_test import listing
+from tests.slurm_jobs_test import slurm  # noqa: F401 (a fixture)
+from tests.slurm_jobs_test import until
+from tests.slurm_jobs_test import words
+
+
+def _cluster(home: Path, ssh_host: str, name: str = "cluster", **keys: object) -> Path:
+    """A profile `name` for the cluster; its host_directory, seen from here."""
+    folder = uuid.uuid4().hex[:12]
+    sbatch = {"partition": os.environ.get("EXPEGIT_TEST_SLURM_PARTITION", "debug"), "time": 2,
+              **keys.pop("sbatch", {})}  # type: ignore[dict-item]
+    write_profile(home / ".config" / "runaway", name, ssh_config=ssh_host,
+                  host_directory=f"~/runaway-tests/{folder}",
+                  execution=["$SCRIPT_NAME $SCRIPT_ARGS"], sbatch=sbatch, **keys)
+    return ssh_user_home() / "runaway-tests" / folder
+
+
+def _claims(campaign: Path) -> list[dict[str, object]]:
+    folder = campaign / ".git" / "expegit" / "claims"
+    if not folder.is_dir():
+        return []
+    return [json.loads(p.read_text()) for p in folder.iterdir() if not p.name.startswith(".")]
+
+
+def _hold_lock(slurm: list[str], folder: Path) -> subprocess.Popen[str]:  # noqa: F811
+    """Hold the host_directory's .lock (as a submission in progress does) until stdin closes."""
+    holder = subprocess.Popen([*slurm, f"mkdir -p {folder} && cd {folder} && exec 9>.lock && "
+                                       "flock 9 && echo locked && read x"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def _agent_collects(campaign: Path) -> None:
+    expegit("agent", "start", cwd=campaign)
+    try:
+        done = subprocess.run(["git", "expegit", "jobs", "wait"], cwd=campaign,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    finally:
+        expegit("agent", "stop", cwd=campaign)
+
+
+@pytest.mark.parametrize("left", ["nothing", "unsubmitted"])
+def test_a_runner_killed_during_submission_leaves_runs_that_run_once(
+        campaign: Path, slurm: list[str], home: Path, ssh_host: str,  # noqa: F811
+        left: str) -> None:
+    """`jobs run` is SIGKILLed while its submission waits for the host's lock: the claims
+    have no job. With `unsubmitted`, the submit program died too after writing its `.slurm`
+    files as "- DIGEST" (before sbatch). A new agent runs each execution exactly once."""
+    folder = _cluster(home, ssh_host)
+    holder = _hold_lock(slurm, folder)
+    running = subprocess.Popen(["git-expegit", "jobs", "run", "cluster", "", "--x ¤1;2¤"],
+                               cwd=campaign, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        claims = until(lambda: len(_claims(campaign)) == 2 and _claims(campaign),
+                       "the runs to be claimed")
+    finally:
+        running.kill()
+        running.wait()
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait()
+    assert all(c["job"] is None for c in claims)
+    if left == "unsubmitted":
+        remote(slurm, "; ".join(f"echo '- {'0' * 64}' >{folder}/{c['run']}.slurm"
+                                for c in claims))
+    _agent_collects(campaign)
+    for e in listing(campaign):
+        assert e["state"] == "finished", e
+        assert len(events(e, "submitted")) == 1 and len(events(e, "finished")) == 1
+        assert (campaign / str(e["folder"]) / "stdout").read_text() == f"ran with {words(e)}\n"
+    assert _claims(campaign) == []
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
