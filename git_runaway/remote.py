@@ -335,11 +335,19 @@ while ! test -f {digest}.tar; do
   exec 9>&-; {say} missing; read -r a && test "$a" = {GO} && {_LOCK} || exit 1
 done
 {writes}printf '%s' {q(script)} >{submission}.sbatch || exit 1
-if out=$(sbatch --parsable {submission}.sbatch </dev/null); then
+if out=$(sbatch --parsable {_logs(root)} {submission}.sbatch </dev/null); then
   id=${{out%%;*}}; i=0; rm -f {submission}.sbatch
   for u in {uuids}; do echo "${{id}}_$i {digest}" >$u.slurm; i=$((i + 1)); done
   {say} "submitted $id"
 else rm -f {submission}.sbatch {_each(tasks, '.job', '.slurm')}; {say} refused; fi""")
+
+
+def _logs(root: str) -> str:
+    """sbatch's --output and --error: in ROOT, by an absolute path, as Slurm expands `%` in
+    the whole path (a relative one is joined to the submission folder first): a '%' of ROOT
+    is written '%%'."""
+    folder = root.replace("%", "%%")
+    return f"--output={q(folder + '/slurm-%A_%a.out')} --error={q(folder + '/slurm-%A_%a.err')}"
 
 
 def _each(uuids: Iterable[str], *suffixes: str) -> str:

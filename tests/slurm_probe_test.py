@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import expegit
+from tests.conftest import runaway
+from tests.conftest import script
 from tests.conftest import ssh_user_home
 from tests.conftest import write_profile
 from tests.slurm_cluster_test import remote
@@ -92,3 +92,21 @@ def test_a_runner_killed_during_submission_leaves_runs_that_run_once(
         assert (campaign / str(e["folder"]) / "stdout").read_text() == f"ran with {words(e)}\n"
     assert _claims(campaign) == []
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+
+
+def test_a_host_directory_with_a_percent_sign_and_a_space(
+        slurm: list[str], home: Path, ssh_host: str, work: Path) -> None:  # noqa: F811
+    """Slurm expands `%A`, `%j`... in the whole path of a job's output, the submission
+    folder included: a host_directory named so must still hold the job's logs."""
+    name = f"{uuid.uuid4().hex[:12]} 50%A%j"
+    write_profile(home / ".config" / "runaway", "pct", ssh_config=ssh_host,
+                  host_directory=f'"$HOME/runaway-tests/{name}"',
+                  execution=["$SCRIPT_NAME $SCRIPT_ARGS"],
+                  sbatch={"partition": os.environ.get("EXPEGIT_TEST_SLURM_PARTITION", "debug"),
+                          "time": 1})
+    script(work, "run.sh", 'echo "out $1"\necho "err $1" >&2\nexit 3\n')
+    done = runaway("pct", "run.sh", "--", "x", cwd=work)
+    assert (done.returncode, done.stdout) == (3, "out x\n"), done.stderr
+    assert "err x" in done.stderr
+    assert sorted(p.name for p in (ssh_user_home() / "runaway-tests" / name).iterdir()) == [
+        ".lock"]

@@ -79,7 +79,6 @@ async def submit(session: Runaway, profile: Profile, jobs: list[Job], package: P
                                         *execution.commands_of(profile, job,
                                                                f"{root}/{run_id}"))
     lines = [f"#SBATCH --array={slurm.array_spec(len(jobs), throttle)}",
-             "#SBATCH --output=slurm-%A_%a.out", "#SBATCH --error=slurm-%A_%a.err",
              f"#SBATCH --job-name=runaway-{profile.name}", *options.lines()]
     key = hosts.nonce()
     submission = str(uuid.uuid4())
