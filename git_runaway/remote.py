@@ -364,10 +364,12 @@ def poll(nonce: str, root: str, uuids: Iterable[str]) -> str:
     # A `.slurm` still "- DIGEST" while no submission holds .lock (checked first) is left by
     # a submit program that died before sbatch answered: no job, as if never submitted.
     return program(nonce, f"""cd {q(root)} || exit 1
-ids=; free=; flock -n .lock true 2>/dev/null && free=1
-for u in {' '.join(uuids)}; do j=; read -r j d 2>/dev/null <$u.slurm
+n='
+' ids=; free=; flock -n .lock true 2>/dev/null && free=1
+for u in {' '.join(uuids)}; do j= x= w=; read -r j d 2>/dev/null <$u.slurm
   test "$j$free" = -1 && j=
-  printf 'task|%s|%s|%s|%s\\n' $u "$j" "$(cat $u.exit 2>/dev/null)" "$(cat $u.where 2>/dev/null)"
+  read -r x 2>/dev/null <$u.exit; read -r w 2>/dev/null <$u.where
+  printf 'task|%s|%s|%s|%s\\n' $u "$j" "$x" "$w"
   case $j in [0-9]*) ids="$ids $j";; esac; done
 {say} squeue
 arrays=$(for j in $ids; do echo "${{j%%_*}}"; done | sort -u | tr '\\n' , | sed 's/,$//')
@@ -375,7 +377,7 @@ test -z "$arrays" || {{ q=$(squeue -h -r -t all -j "$arrays" -o '{slurm.SQUEUE_F
   2>&1) || case $q in *"Invalid job id"*) q=;; *) printf '%s\\n' "$q" >&2; exit 3;; esac
   printf '%s\\n' "$q"; }}
 {say} sacct
-m=; for j in $ids; do printf '%s\\n' "$q" | grep -q -e "^$j|" -e "^${{j%%_*}}|" || m="$m,$j"
+m=; for j in $ids; do case "$n$q" in *"$n$j|"*|*"$n${{j%%_*}}|"*) ;; *) m="$m,$j";; esac
 done
 test -z "$m" || ! command -v sacct >/dev/null \
   || sacct -n -P -X -j "${{m#,}}" -o {slurm.SACCT_FIELDS} 2>/dev/null

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from git_runaway.remote import poll as remote_poll
 from tests.conftest import expegit
 from tests.conftest import runaway
 from tests.conftest import script
@@ -110,3 +111,33 @@ def test_a_host_directory_with_a_percent_sign_and_a_space(
     assert "err x" in done.stderr
     assert sorted(p.name for p in (ssh_user_home() / "runaway-tests" / name).iterdir()) == [
         ".lock"]
+
+
+def test_a_poll_costs_the_host_the_same_few_processes_for_300_runs(tmp_path: Path) -> None:
+    """One poll serves every run a session watches on a host: it must not start processes
+    per run (a `cat` or a `grep` each: 900 processes a second on a login node for 300 runs)."""
+    root, bin_folder, calls = tmp_path / "root", tmp_path / "bin", tmp_path / "calls"
+    root.mkdir()
+    bin_folder.mkdir()
+    runs = [str(uuid.uuid4()) for _ in range(300)]
+    for index, run in enumerate(runs):
+        (root / f"{run}.slurm").write_text(f"77_{index} {'0' * 64}\n")
+        if index % 2:
+            (root / f"{run}.exit").write_text("0\n")
+            (root / f"{run}.where").write_text("node=n1 restarts=0\n")
+    for name in ("cat", "grep", "flock", "sort", "tr", "sed", "squeue", "sacct"):
+        real = subprocess.run(["sh", "-c", f"command -v {name} || echo /bin/false"],
+                              capture_output=True, text=True).stdout.strip()
+        body = ("printf '77_%s|COMPLETED|n1\\n' $(seq 0 149)" if name == "squeue"
+                else f'exec {real} "$@"')
+        script(bin_folder, name, f"echo {name} >>{calls}\n{body}\n")
+    env = {**os.environ, "PATH": f"{bin_folder}:{os.environ['PATH']}"}
+    done = subprocess.run(["sh"], input=remote_poll("n0nce", str(root), runs), env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    tasks = [line.split("|") for line in done.stdout.splitlines() if line.startswith("task|")]
+    assert len(tasks) == 300 and tasks[1] == ["task", runs[1], "77_1", "0", "node=n1 restarts=0"]
+    assert tasks[0] == ["task", runs[0], "77_0", "", ""]
+    assert done.stdout.count("|COMPLETED|") == 150
+    started = calls.read_text().split()
+    assert len(started) < 20, sorted(set(started))
