@@ -363,19 +363,21 @@ def poll(nonce: str, root: str, uuids: Iterable[str]) -> str:
     say = f"printf '%s:%s\\n' {nonce}"
     # A `.slurm` still "- DIGEST" while no submission holds .lock (checked first) is left by
     # a submit program that died before sbatch answered: no job, as if never submitted.
+    # The runs' own files are read after squeue answered: a job it says ended (between two
+    # polls) wrote where it ran already.
+    each = f"for u in {' '.join(uuids)}; do j=; read -r j d 2>/dev/null <$u.slurm"
     return program(nonce, f"""cd {q(root)} || exit 1
 n='
-' ids=; free=; flock -n .lock true 2>/dev/null && free=1
-for u in {' '.join(uuids)}; do j= x= w=; read -r j d 2>/dev/null <$u.slurm
-  test "$j$free" = -1 && j=
-  read -r x 2>/dev/null <$u.exit; read -r w 2>/dev/null <$u.where
-  printf 'task|%s|%s|%s|%s\\n' $u "$j" "$x" "$w"
-  case $j in [0-9]*) ids="$ids $j";; esac; done
-{say} squeue
+' ids=; q=; free=; flock -n .lock true 2>/dev/null && free=1
+{each}; case $j in [0-9]*) ids="$ids $j";; esac; done
 arrays=$(for j in $ids; do echo "${{j%%_*}}"; done | sort -u | tr '\\n' , | sed 's/,$//')
-test -z "$arrays" || {{ q=$(squeue -h -r -t all -j "$arrays" -o '{slurm.SQUEUE_FORMAT}' \
-  2>&1) || case $q in *"Invalid job id"*) q=;; *) printf '%s\\n' "$q" >&2; exit 3;; esac
-  printf '%s\\n' "$q"; }}
+test -z "$arrays" || q=$(squeue -h -r -t all -j "$arrays" -o '{slurm.SQUEUE_FORMAT}' 2>&1) \
+  || case $q in *"Invalid job id"*) q=;; *) printf '%s\\n' "$q" >&2; exit 3;; esac
+{each}; test "$j$free" = -1 && j=
+  x= w=; read -r x 2>/dev/null <$u.exit; read -r w 2>/dev/null <$u.where
+  printf 'task|%s|%s|%s|%s\\n' $u "$j" "$x" "$w"; done
+{say} squeue
+test -z "$q" || printf '%s\\n' "$q"
 {say} sacct
 m=; for j in $ids; do case "$n$q" in *"$n$j|"*|*"$n${{j%%_*}}|"*) ;; *) m="$m,$j";; esac
 done

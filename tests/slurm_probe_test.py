@@ -141,3 +141,22 @@ def test_a_poll_costs_the_host_the_same_few_processes_for_300_runs(tmp_path: Pat
     assert done.stdout.count("|COMPLETED|") == 150
     started = calls.read_text().split()
     assert len(started) < 20, sorted(set(started))
+
+
+def test_a_job_that_starts_and_ends_during_a_poll_is_seen_where_it_ran(tmp_path: Path) -> None:
+    """A short job may start and end between the poll's read of the run's files and its
+    squeue: squeue then says COMPLETED, and the files read must say where it ran (else its
+    start is never heard: no `running` event, no host in the notes)."""
+    root, bin_folder = tmp_path / "root", tmp_path / "bin"
+    root.mkdir()
+    run = str(uuid.uuid4())
+    (root / f"{run}.slurm").write_text(f"77_0 {'0' * 64}\n")
+    # squeue, as the job runs: it writes where it runs and its exit code, then ends.
+    script(bin_folder, "squeue", f"echo 'node=n1 restarts=0' >{root}/{run}.where\n"
+                                 f"echo 0 >{root}/{run}.exit\necho '77_0|COMPLETED|n1'\n")
+    env = {**os.environ, "PATH": f"{bin_folder}:{os.environ['PATH']}"}
+    done = subprocess.run(["sh"], input=remote_poll("n0nce", str(root), [run]), env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"task|{run}|77_0|0|node=n1 restarts=0" in done.stdout.splitlines()
+    assert "77_0|COMPLETED|n1" in done.stdout.splitlines()
