@@ -160,3 +160,22 @@ def test_a_job_that_starts_and_ends_during_a_poll_is_seen_where_it_ran(tmp_path:
     assert done.returncode == 0, done.stderr
     assert f"task|{run}|77_0|0|node=n1 restarts=0" in done.stdout.splitlines()
     assert "77_0|COMPLETED|n1" in done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("extra", ["--comment=x --array=0-3", "--qos=normal\t-o /tmp/x",
+                                   "--comment=x  --wait", "--comment=a -Qo/tmp/x"])
+def test_an_extra_option_cannot_hide_one_runaway_sets_after_a_space(
+        campaign: Path, home: Path, ssh_host: str, work: Path, extra: str) -> None:
+    """sbatch reads every option of an `#SBATCH` line, not only its first: a second one of
+    those runaway sets (--array: tasks that run no run) is refused like a first one."""
+    folder = _cluster(home, ssh_host, sbatch={"extra": [extra]})
+    script(work, "run.sh", "echo ran\n")
+    done = runaway("cluster", "run.sh", cwd=work)
+    assert done.returncode != 0 and "key 'sbatch.extra' has" in done.stderr, done.stderr
+    assert not folder.exists()
+    _cluster(home, ssh_host)
+    done = expegit("jobs", "run", "--sbatch", f"extra={extra}", "cluster", "", cwd=campaign,
+                   check=False)
+    assert done.returncode != 0 and "key 'extra' has" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert listing(campaign) == []
