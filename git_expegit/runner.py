@@ -494,7 +494,16 @@ class Runner:
                 ) -> Callable[[str, Mapping[str, str]], None]:
         """Record what Slurm says of the run: each start (where), each requeue."""
         def heard(state: str, where: Mapping[str, str]) -> None:
+            nonlocal found
             folder = self._folder(execution)
+            if found.job is None and where.get("job"):
+                # Its runner was killed between sbatch's answer and the claim's update: the
+                # claim learns its job (for jobs delete), the notes too unless they have it.
+                found = dataclasses.replace(found, job=where["job"])
+                queue.claim(self.campaign, found)
+                if execution.field("run") != found.run:
+                    self._recorder.event(execution, "submitted", attempt=found.attempt,
+                                         run=found.run, job=found.job)
             if state == "running":
                 self._recorder.event(execution, "running", attempt=found.attempt,
                                      run=found.run, job=where.get("job"),

@@ -19,8 +19,10 @@ from tests.conftest import ssh_user_home
 from tests.conftest import write_profile
 from tests.slurm_cluster_test import remote
 from tests.slurm_jobs_test import events
+from tests.slurm_jobs_test import job_of
 from tests.slurm_jobs_test import listing
 from tests.slurm_jobs_test import slurm  # noqa: F401 (a fixture)
+from tests.slurm_jobs_test import squeue_state
 from tests.slurm_jobs_test import until
 from tests.slurm_jobs_test import words
 
@@ -179,3 +181,39 @@ def test_an_extra_option_cannot_hide_one_runaway_sets_after_a_space(
     assert done.returncode != 0 and "key 'extra' has" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert listing(campaign) == []
+
+
+def test_a_claim_left_without_its_job_learns_it_so_jobs_delete_cancels_it(
+        campaign: Path, slurm: list[str], home: Path, ssh_host: str) -> None:  # noqa: F811
+    """A runner killed between sbatch's answer and its claims' update leaves claims with no
+    job: the next runner follows the runs by their run id, and must write their job into
+    the claims (and the notes), or a later `jobs delete` leaves the jobs queued on the
+    cluster, running code of executions that no longer exist."""
+    _cluster(home, ssh_host)
+    running = subprocess.Popen(["git-expegit", "jobs", "run", "--sbatch",
+                                "extra=--begin=now+600", "cluster", "", "--x ¤1;2¤"],
+                               cwd=campaign, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        claims = until(lambda: len(_claims(campaign)) == 2
+                       and all(c["job"] for c in _claims(campaign)) and _claims(campaign),
+                       "the batch to be submitted")
+    finally:
+        running.kill()
+        running.wait()
+    jobs = sorted(str(c["job"]) for c in claims)
+    folder = campaign / ".git" / "expegit" / "claims"
+    for c in claims:
+        (folder / str(c["execution"])).write_text(json.dumps({**c, "job": None}))
+    expegit("agent", "start", cwd=campaign)
+    try:
+        until(lambda: sorted(str(c["job"]) for c in _claims(campaign)) == jobs,
+              "the agent to learn the jobs", timeout=30)
+    finally:
+        expegit("agent", "stop", cwd=campaign)
+    for e in listing(campaign):
+        assert [s["job"] for s in events(e, "submitted")] == [job_of(e)]  # once
+    done = expegit("jobs", "delete", *(str(e["id"])[:8] for e in listing(campaign)),
+                   cwd=campaign)
+    assert all(f"cancelled Slurm job {job}" in done.stderr for job in jobs), done.stderr
+    until(lambda: {squeue_state(slurm, job) for job in jobs} == {"CANCELLED"},
+          "the jobs to be cancelled")
