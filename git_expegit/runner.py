@@ -150,6 +150,7 @@ class Runner:
         self._session: Runaway | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._watching: dict[ExecutionId, asyncio.Task[None]] = {}  # Slurm runs, by execution
+        self._lost: dict[ExecutionId, int] = {}  # Slurm runs whose job was gone, how often
         self.summary = Summary()
 
     # Control ----------------------------------------------------------------------------------
@@ -458,9 +459,18 @@ class Runner:
             self._ended.add(execution.id)
             self._wake()
         if ending is None:
-            self._requeue(execution, found.attempt, "its Slurm job is gone")
-            queue.release(self.campaign, execution.id)
-            return
+            lost = self._lost[execution.id] = self._lost.get(execution.id, 0) + 1
+            if lost <= self._retries or not self._launching:
+                self._requeue(execution, found.attempt, "its Slurm job is gone")
+                queue.release(self.campaign, execution.id)
+                # Queued again (once the notes say so): this runner submits it again (its
+                # retries), or, stopped, reports it left queued.
+                await self._recorder.drain()
+                self._ended.discard(execution.id)
+                self.poke()
+                return
+            ending = Ending(execution, None, True, {"attempt": found.attempt, "job": found.job,
+                                                   "reason": "its Slurm job is gone"})
         await self._end(execution, ending)
 
     async def _attach(self, execution: Execution, profile: Profile, found: queue.Claim

@@ -217,3 +217,33 @@ def test_a_claim_left_without_its_job_learns_it_so_jobs_delete_cancels_it(
     assert all(f"cancelled Slurm job {job}" in done.stderr for job in jobs), done.stderr
     until(lambda: {squeue_state(slurm, job) for job in jobs} == {"CANCELLED"},
           "the jobs to be cancelled")
+
+
+def test_jobs_run_submits_again_a_run_whose_job_is_gone(
+        campaign: Path, slurm: list[str], home: Path, ssh_host: str) -> None:  # noqa: F811
+    """A run whose job vanished (no `.slurm`, squeue forgot it) goes back to the queue: the
+    `jobs run` that watched it submits it again (its --retries), instead of ending with
+    it left queued, unreported, and exit 0."""
+    folder = _cluster(home, ssh_host)
+    running = subprocess.Popen(["git-expegit", "jobs", "run", "--sbatch",
+                                "extra=--begin=now+600", "cluster", "", "--x ¤1¤"],
+                               cwd=campaign, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        [first] = until(lambda: [c for c in _claims(campaign) if c["job"]], "a submission")
+        remote(slurm, f"scancel {first['job']} && rm {folder}/{first['run']}.slurm")
+        found = until(lambda: running.poll() is not None or
+                      [c for c in _claims(campaign) if c["job"] and c["run"] != first["run"]],
+                      "the run to be submitted again")
+        assert found is not True, f"jobs run ended: {running.communicate()}"
+        [again] = found
+        remote(slurm, f"scontrol update jobid={again['job']} StartTime=now")
+        _, err = running.communicate(timeout=90)
+    finally:
+        running.kill()
+    assert running.returncode == 0, err
+    [e] = listing(campaign)
+    assert e["state"] == "finished"
+    assert [s["job"] for s in events(e, "submitted")] == [first["job"], again["job"]]
+    assert [s["attempt"] for s in events(e, "submitted")] == ["1", "2"]
+    assert len(events(e, "lost")) == 1
