@@ -151,6 +151,7 @@ class Runner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watching: dict[ExecutionId, asyncio.Task[None]] = {}  # Slurm runs, by execution
         self._detached = False
+        self._lost: dict[ExecutionId, int] = {}  # Slurm runs whose job was gone, how often
         self.summary = Summary()
 
     # Control ----------------------------------------------------------------------------------
@@ -464,9 +465,18 @@ class Runner:
             self._ended.add(execution.id)
             self._wake()
         if ending is None:
-            self._requeue(execution, found.attempt, "its Slurm job is gone")
-            queue.release(self.campaign, execution.id)
-            return
+            lost = self._lost[execution.id] = self._lost.get(execution.id, 0) + 1
+            if lost <= self._retries or not self._launching:
+                self._requeue(execution, found.attempt, "its Slurm job is gone")
+                queue.release(self.campaign, execution.id)
+                # Queued again (once the notes say so): this runner submits it again (its
+                # retries), or, stopped, reports it left queued.
+                await self._recorder.drain()
+                self._ended.discard(execution.id)
+                self.poke()
+                return
+            ending = Ending(execution, None, True, {"attempt": found.attempt, "job": found.job,
+                                                   "reason": "its Slurm job is gone"})
         await self._end(execution, ending)
 
     async def _attach(self, execution: Execution, profile: Profile, found: queue.Claim
@@ -500,7 +510,16 @@ class Runner:
                 ) -> Callable[[str, Mapping[str, str]], None]:
         """Record what Slurm says of the run: each start (where), each requeue."""
         def heard(state: str, where: Mapping[str, str]) -> None:
+            nonlocal found
             folder = self._folder(execution)
+            if found.job is None and where.get("job"):
+                # Its runner was killed between sbatch's answer and the claim's update: the
+                # claim learns its job (for jobs delete), the notes too unless they have it.
+                found = dataclasses.replace(found, job=where["job"])
+                queue.claim(self.campaign, found)
+                if execution.field("run") != found.run:
+                    self._recorder.event(execution, "submitted", attempt=found.attempt,
+                                         run=found.run, job=found.job)
             if state == "running":
                 self._recorder.event(execution, "running", attempt=found.attempt,
                                      run=found.run, job=where.get("job"),

@@ -335,11 +335,19 @@ while ! test -f {digest}.tar; do
   exec 9>&-; {say} missing; read -r a && test "$a" = {GO} && {_LOCK} || exit 1
 done
 {writes}printf '%s' {q(script)} >{submission}.sbatch || exit 1
-if out=$(sbatch --parsable {submission}.sbatch </dev/null); then
+if out=$(sbatch --parsable {_logs(root)} {submission}.sbatch </dev/null); then
   id=${{out%%;*}}; i=0; rm -f {submission}.sbatch
   for u in {uuids}; do echo "${{id}}_$i {digest}" >$u.slurm; i=$((i + 1)); done
   {say} "submitted $id"
 else rm -f {submission}.sbatch {_each(tasks, '.job', '.slurm')}; {say} refused; fi""")
+
+
+def _logs(root: str) -> str:
+    """sbatch's --output and --error: in ROOT, by an absolute path, as Slurm expands `%` in
+    the whole path (a relative one is joined to the submission folder first): a '%' of ROOT
+    is written '%%'."""
+    folder = root.replace("%", "%%")
+    return f"--output={q(folder + '/slurm-%A_%a.out')} --error={q(folder + '/slurm-%A_%a.err')}"
 
 
 def _each(uuids: Iterable[str], *suffixes: str) -> str:
@@ -353,18 +361,25 @@ def poll(nonce: str, root: str, uuids: Iterable[str]) -> str:
     after `sacct` the accounting of those squeue forgot (none without accounting). Exits 3
     when squeue fails otherwise than for forgotten jobs: a poll that knows nothing."""
     say = f"printf '%s:%s\\n' {nonce}"
+    # A `.slurm` still "- DIGEST" while no submission holds .lock (checked first) is left by
+    # a submit program that died before sbatch answered: no job, as if never submitted.
+    # The runs' own files are read after squeue answered: a job it says ended (between two
+    # polls) wrote where it ran already.
+    each = f"for u in {' '.join(uuids)}; do j=; read -r j d 2>/dev/null <$u.slurm"
     return program(nonce, f"""cd {q(root)} || exit 1
-ids=
-for u in {' '.join(uuids)}; do j=; read -r j d 2>/dev/null <$u.slurm
-  printf 'task|%s|%s|%s|%s\\n' $u "$j" "$(cat $u.exit 2>/dev/null)" "$(cat $u.where 2>/dev/null)"
-  case $j in [0-9]*) ids="$ids $j";; esac; done
-{say} squeue
+n='
+' ids=; q=; free=; flock -n .lock true 2>/dev/null && free=1
+{each}; case $j in [0-9]*) ids="$ids $j";; esac; done
 arrays=$(for j in $ids; do echo "${{j%%_*}}"; done | sort -u | tr '\\n' , | sed 's/,$//')
-test -z "$arrays" || {{ q=$(squeue -h -r -t all -j "$arrays" -o '{slurm.SQUEUE_FORMAT}' \
-  2>&1) || case $q in *"Invalid job id"*) q=;; *) printf '%s\\n' "$q" >&2; exit 3;; esac
-  printf '%s\\n' "$q"; }}
+test -z "$arrays" || q=$(squeue -h -r -t all -j "$arrays" -o '{slurm.SQUEUE_FORMAT}' 2>&1) \
+  || case $q in *"Invalid job id"*) q=;; *) printf '%s\\n' "$q" >&2; exit 3;; esac
+{each}; test "$j$free" = -1 && j=
+  x= w=; read -r x 2>/dev/null <$u.exit; read -r w 2>/dev/null <$u.where
+  printf 'task|%s|%s|%s|%s\\n' $u "$j" "$x" "$w"; done
+{say} squeue
+test -z "$q" || printf '%s\\n' "$q"
 {say} sacct
-m=; for j in $ids; do printf '%s\\n' "$q" | grep -q -e "^$j|" -e "^${{j%%_*}}|" || m="$m,$j"
+m=; for j in $ids; do case "$n$q" in *"$n$j|"*|*"$n${{j%%_*}}|"*) ;; *) m="$m,$j";; esac
 done
 test -z "$m" || ! command -v sacct >/dev/null \
   || sacct -n -P -X -j "${{m#,}}" -o {slurm.SACCT_FIELDS} 2>/dev/null

@@ -578,11 +578,10 @@ def test_a_blocking_run_submits_one_task_and_mirrors_its_end(fake: FakeSlurm, ho
     assert (outcome.exit_code, outcome.where["state"]) == (3, "FAILED")
     assert out.text == "start failed\nattempt 1\n" and "bad input" in err.text
     lines = (fake.state / "script").read_text().splitlines()
-    assert lines[:7] == ["#!/bin/sh", "#SBATCH --array=0-0", "#SBATCH --output=slurm-%A_%a.out",
-                         "#SBATCH --error=slurm-%A_%a.err", "#SBATCH --job-name=runaway-cluster",
+    assert lines[:5] == ["#!/bin/sh", "#SBATCH --array=0-0", "#SBATCH --job-name=runaway-cluster",
                          "#SBATCH --partition=debug", "#SBATCH --time=1:00:00"]
-    assert lines[7] == f"#SBATCH {hostile}"
-    assert not lines[8].startswith("#")  # the options end there
+    assert lines[5] == f"#SBATCH {hostile}"
+    assert not lines[6].startswith("#")  # the options end there
     assert not list(tmp_path.rglob("pwned")) and not list(Path.cwd().glob("pwned"))
 
 

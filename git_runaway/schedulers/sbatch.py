@@ -45,9 +45,6 @@ if TYPE_CHECKING:
 # jobs are short, and a cluster is not asked every second about jobs that run for hours.
 FIRST_POLL = 1.0
 _DEFAULT_MAX_POLL = 30.0
-# Polls that find a run's `.slurm` still without a job id before it counts as never
-# submitted: its submission (which holds .lock for a moment) was killed.
-_UNSUBMITTED_POLLS = 3
 Watcher = Callable[[str, Mapping[str, str]], None]  # (Slurm's state, lowercase; where)
 
 
@@ -82,7 +79,6 @@ async def submit(session: Runaway, profile: Profile, jobs: list[Job], package: P
                                         *execution.commands_of(profile, job,
                                                                f"{root}/{run_id}"))
     lines = [f"#SBATCH --array={slurm.array_spec(len(jobs), throttle)}",
-             "#SBATCH --output=slurm-%A_%a.out", "#SBATCH --error=slurm-%A_%a.err",
              f"#SBATCH --job-name=runaway-{profile.name}", *options.lines()]
     key = hosts.nonce()
     submission = str(uuid.uuid4())
@@ -216,9 +212,9 @@ class _Watched:
             self._hear("RUNNING", job, where)
         if self.ended.done():
             return
-        if not job or (job == "-" and self.polls >= _UNSUBMITTED_POLLS):
+        if not job:
             # No .slurm file (collected, cleaned, never submitted), or one whose submission
-            # was killed before sbatch answered: nothing will ever run it.
+            # was killed before sbatch answered (remote.poll): nothing will ever run it.
             self.ended.set_result(_End("", "UNKNOWN"))
         elif state is not None and state.final and (state.state != "PREEMPTED" or self.polls):
             # PREEMPTED twice in a row: a job Slurm requeues shows it a moment, then PENDING.

@@ -104,7 +104,9 @@ def _extra_line(line: object, fail: Callable[[str], Exception], name: str) -> st
     """One option of `extra`, as `--qos=high` or `#SBATCH --qos=high`: one line, an option,
     and not one runaway sets itself."""
     text = line.strip().removeprefix("#SBATCH").strip() if isinstance(line, str) else ""
-    if not text.startswith("-") or any(c in text for c in "\n\r\0") or _sets_own(text):
+    # sbatch reads every option of the line, not only its first (`--comment=x --array=1`).
+    if (not text.startswith("-") or any(c in text for c in "\n\r\0")
+            or any(_sets_own(word) for word in text.split() if word.startswith("-"))):
         raise fail(f"key {name!r} has {line!r}: each item is one sbatch option such as "
                    f"--qos=high, other than {', '.join(_OWN)}")
     return text
