@@ -82,6 +82,12 @@ def words(execution: dict[str, object]) -> str:
     return " ".join(str(execution["parameters"]).split())
 
 
+def submitted(campaign: Path, count: int) -> bool:
+    """All `count` executions of the campaign were submitted (one reading of the notes)."""
+    found = listing(campaign)
+    return len(found) == count and all(events(e, "submitted") for e in found)
+
+
 def job_of(execution: dict[str, object]) -> str:
     return events(execution, "submitted")[-1]["job"]
 
@@ -171,8 +177,7 @@ def test_detach_stop_the_agent_and_a_new_agent_collects_without_resubmitting(
         tmp_path: Path) -> None:
     _sleeping_run(experiment, tmp_path, campaign, 4)
     expegit("jobs", "run", "--detach", cluster, "", "--x ¤1;2;3¤", cwd=campaign)
-    until(lambda: all(events(e, "submitted") for e in listing(campaign))
-          and len(listing(campaign)) == 3, "the agent to submit the batch")
+    until(lambda: submitted(campaign, 3), "the agent to submit the batch")
     expegit("agent", "stop", cwd=campaign)  # the laptop closes; the jobs go on
     jobs = [job_of(e) for e in listing(campaign)]
     assert all(e["state"] in ("queued", "running") for e in listing(campaign))
@@ -234,8 +239,7 @@ def test_ctrl_c_twice_cancels_the_jobs(campaign: Path, experiment: Path, cluster
                                cwd=campaign, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     try:
-        until(lambda: all(events(e, "submitted") for e in listing(campaign))
-              and listing(campaign), "the batch to be submitted")
+        until(lambda: submitted(campaign, 2), "the batch to be submitted")
         jobs = [job_of(e) for e in listing(campaign)]
         os.killpg(running.pid, signal.SIGINT)
         time.sleep(1)  # two presses, a moment apart (0.5 s is the same press)
@@ -255,8 +259,7 @@ def test_jobs_delete_and_exec_reset_cancel_the_jobs_of_a_stopped_agent(
         tmp_path: Path) -> None:
     _sleeping_run(experiment, tmp_path, campaign, 60)
     expegit("jobs", "run", "--detach", cluster, "", "--x ¤1;2¤", cwd=campaign)
-    until(lambda: all(events(e, "submitted") for e in listing(campaign))
-          and len(listing(campaign)) == 2, "the agent to submit the batch")
+    until(lambda: submitted(campaign, 2), "the agent to submit the batch")
     expegit("agent", "stop", cwd=campaign)
     first, second = listing(campaign)
     done = expegit("jobs", "delete", str(first["id"])[:8], cwd=campaign)
