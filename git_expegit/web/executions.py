@@ -76,9 +76,14 @@ class Row:
     commit: str
     profile: str | None
     host: str | None
-    date: str  # when it was created: UTC, "2026-11-30 12:38:28"
+    created: str  # its creation's timestamp (UTC, to the microsecond)
     duration: float | None  # seconds of its last run
     exit: str | None
+
+    @property
+    def date(self) -> str:
+        """When it was created, to the second: "2026-11-30 12:38:28" (UTC)."""
+        return self.created[:19].replace("T", " ")
 
     @property
     def outcome(self) -> str:
@@ -91,12 +96,8 @@ def row(execution: Execution) -> Row:
     created = next((e for e in record.events(execution.log) if e.kind == "created"), None)
     return Row(execution.id, str(execution.state), queue.batch_of(execution),
                execution.parameters, execution.commit, queue.profile_of(execution),
-               execution.field("host"), _date(created.stamp) if created else "",
+               execution.field("host"), created.stamp if created else "",
                _seconds(execution.field("duration")), execution.field("exit"))
-
-
-def _date(stamp: str) -> str:
-    return stamp[:19].replace("T", " ")
 
 
 def _seconds(text: str | None) -> float | None:
@@ -165,11 +166,12 @@ def _cache(root: Path) -> _Rows:
 
 
 def _sort(rows: list[Row], column: str, descending: bool) -> list[Row]:
-    """Stable: equal keys stay in creation order. Empty values go last either way."""
+    """Equal keys in creation order, ascending; newest first, descending. Empty values go
+    last either way."""
     key = _SORT_KEYS[column]
-    present = [r for r in rows if key(r) is not None]
+    present = sorted((r for r in rows if key(r) is not None), key=key)
     missing = [r for r in rows if key(r) is None]
-    return sorted(present, key=key, reverse=descending) + missing
+    return (present[::-1] if descending else present) + missing
 
 
 def _exit_key(r: Row) -> tuple[int, str] | None:
@@ -181,7 +183,7 @@ def _exit_key(r: Row) -> tuple[int, str] | None:
 _SORT_KEYS: dict[str, Callable[[Row], Any]] = {
     "id": lambda r: r.id, "state": lambda r: r.state, "batch": lambda r: r.batch,
     "parameters": lambda r: r.parameters, "commit": lambda r: r.commit,
-    "profile": lambda r: r.profile, "host": lambda r: r.host, "date": lambda r: r.date or None,
+    "profile": lambda r: r.profile, "host": lambda r: r.host, "date": lambda r: r.created or None,
     "duration": lambda r: r.duration, "exit": _exit_key}
 
 
@@ -273,7 +275,8 @@ def table(request: Request) -> Response:
     shown, counts = page_of(found, query)
     response = render(request, "executions.html", query=query, page=shown, counts=counts,
                       states=catalog.STATES, columns=_HEADERS, duration=duration,
-                      profiles=runner.profile_names(found), per_choices=(25, 50, 100, 250))
+                      profiles=runner.profile_names(found),
+                      per_choices=sorted({25, 50, 100, 250, query.per}))
     return _guarded(response)
 
 
