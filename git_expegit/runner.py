@@ -620,6 +620,52 @@ def cancel_jobs(campaign: Campaign, chosen: list[ExecutionId]) -> list[str]:
     return [job for jobs in by_profile.values() for job in jobs]
 
 
+def stop(campaign: Campaign, execution: Execution,
+         say: Callable[[str], None] = _quiet) -> None:
+    """Stop the execution's run if one is under way: have the runner that runs it stop it
+    and wait until its end is recorded; with no runner, scancel its Slurm job (nothing
+    else runs without a runner). For jobs delete, exec reset and the web interface."""
+    claimed = any(c.execution == execution.id for c in queue.claims(campaign))
+    if execution.state != State.RUNNING and not claimed:
+        return
+    if queue.runner_pid(campaign) is None:
+        for job in cancel_jobs(campaign, [execution.id]):
+            say(f"cancelled Slurm job {job} of execution {execution.id[:8]}")
+        return  # the claim is dropped with the execution
+    queue.request_cancel(campaign, execution.id)
+    say(f"stopping execution {execution.id[:8]}")
+    deadline = time.monotonic() + CANCEL_SECONDS
+    while time.monotonic() < deadline:
+        if (catalog.resolve_in(catalog.executions(campaign), execution.id).state
+                != State.RUNNING
+                and not any(c.execution == execution.id for c in queue.claims(campaign))):
+            return
+        time.sleep(0.2)
+    raise ExpegitError(f"execution {execution.id[:8]} did not stop within "
+                       f"{CANCEL_SECONDS} s: retry, or stop its runner (git expegit agent "
+                       "stop)", ExitCode.FAILED)
+
+
+CANCEL_SECONDS = 60
+
+
+def delete(campaign: Campaign, chosen: list[Execution],
+           say: Callable[[str], None] = _quiet) -> None:
+    """Delete executions (jobs delete): their runs stopped first, then their folders; the
+    history and the notes keep them."""
+    for execution in chosen:
+        stop(campaign, execution, say)
+    for execution in chosen:
+        queue.release(campaign, execution.id)
+        queue.forget_cancel(campaign, execution.id)
+        executions.remove(campaign, execution, force=True)
+
+
+def profile_names(campaign: Campaign) -> list[str]:
+    """The names of the profiles runaway finds from the campaign and can read."""
+    return sorted({p.name for p in profiles.available(campaign.root)})
+
+
 def sbatch_options(profile: Profile, overrides: list[tuple[str, str]]) -> Sbatch | None:
     """The profile's sbatch options with a batch's `--sbatch KEY=VALUE` in place, or a
     one-line error."""

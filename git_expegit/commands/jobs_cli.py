@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
 from collections.abc import Callable
 from collections.abc import Sequence
 from pathlib import Path
@@ -188,40 +187,16 @@ def delete(cwd: Path, ids: Sequence[str], push: bool, verbose: bool) -> int:
     found = campaign.find(cwd)
     every = catalog.executions(found)
     chosen = [catalog.resolve_in(every, prefix) for prefix in ids]
-    for execution in chosen:
-        stop(found, execution)
     with syncing.pushing(found, push):
-        for execution in chosen:
-            queue.release(found, execution.id)
-            queue.forget_cancel(found, execution.id)
-            executions.remove(found, execution, force=True)
+        runner.delete(found, chosen, _say)
     logger(verbose)(f"deleted {len(chosen)} execution(s)")
     return 0
 
 
 def stop(found: campaign.Campaign, execution: catalog.Execution) -> None:
-    """Stop the execution's run if one is under way: have the runner that runs it stop it
-    and wait until its end is recorded; with no runner, scancel its Slurm job (nothing
-    else runs without a runner)."""
-    claimed = any(c.execution == execution.id for c in queue.claims(found))
-    if execution.state != "running" and not claimed:
-        return
-    if queue.runner_pid(found) is None:
-        for job in runner.cancel_jobs(found, [execution.id]):
-            print(f"cancelled Slurm job {job} of execution {execution.id[:8]}",
-                  file=sys.stderr)
-        return  # the claim is dropped with the execution
-    queue.request_cancel(found, execution.id)
-    print(f"stopping execution {execution.id[:8]}", file=sys.stderr)
-    deadline = time.monotonic() + _CANCEL_SECONDS
-    while time.monotonic() < deadline:
-        if (catalog.resolve_in(catalog.executions(found), execution.id).state != "running"
-                and not any(c.execution == execution.id for c in queue.claims(found))):
-            return
-        time.sleep(0.2)
-    raise ExpegitError(f"execution {execution.id[:8]} did not stop within "
-                       f"{_CANCEL_SECONDS} s: retry, or stop its runner (git expegit agent "
-                       "stop)", ExitCode.FAILED)
+    """Stop the execution's run if one is under way (runner.stop), saying so."""
+    runner.stop(found, execution, _say)
 
 
-_CANCEL_SECONDS = 60
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
