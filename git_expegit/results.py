@@ -160,9 +160,8 @@ def _assemble(rows: list[tuple[catalog.Execution, dict[str, Value], dict[str, fl
                  for i, n in enumerate(parameter_names)),
                *((Column(POSITIONAL, "parameter", False),) if positional else ()),
                *(Column(n, "result", True) for n in result_names)]
-    return Table(tuple(columns),
-                 tuple(Row(e.id, e.state, e.parameters, c) for (e, _, _), c in zip(rows, cells, strict=True)),
-                 tuple(warnings))
+    made = (Row(e.id, e.state, e.parameters, c) for (e, _, _), c in zip(rows, cells, strict=True))
+    return Table(tuple(columns), tuple(made), tuple(warnings))
 
 
 def _ordered(names: Iterable[str]) -> list[str]:
