@@ -158,3 +158,7 @@ def test_results_are_paged_on_the_server_and_escaped(
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in named
         empty = client.get(gui.url("/plot", token=False))
         assert empty.status_code == 200 and "no numeric results yet" in empty.text
+        config = campaign / ".expegit.yml"
+        config.write_text(config.read_text() + "results: 3\n")
+        broken = client.get(gui.url("/results", token=False))
+        assert broken.status_code == 500 and "results must be a glob pattern" in broken.text

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -27,6 +28,7 @@ import os
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +214,7 @@ def _figure(found: results.Table, rows: list[results.Row], x: str, y: str,
     for row in rows:
         if row.cells[ix] is None or row.cells[iy] is None:
             continue
-        name = results.text(row.cells[ig]) if ig is not None else y
+        name = f"{group}={results.text(row.cells[ig])}" if ig is not None else y
         series.setdefault(name or "(none)", []).append(row)
     traces = []
     for name, members in sorted(series.items(), key=lambda s: _order(s[1], ig)):
@@ -323,11 +325,25 @@ def figure_file(request: Request) -> Response:
     return FileResponse(real, media_type=kind or "application/octet-stream", headers=headers)
 
 
+def _shown_problems(title: str, endpoint: Callable[[Request], Response]
+                    ) -> Callable[[Request], Response]:
+    """A campaign the data layer refuses (a bad `results` setting in .expegit.yml...) is
+    one line in the page, not a traceback."""
+    @functools.wraps(endpoint)
+    def guarded(request: Request) -> Response:
+        try:
+            return endpoint(request)
+        except ExpegitError as e:
+            return render(request, "analysis_problem.html", status=500, page_title=title,
+                          problem=str(e))
+    return guarded
+
+
 routes: list[BaseRoute] = [
-    Route("/results", results_page),
+    Route("/results", _shown_problems("Results", results_page)),
     Route("/results.csv", results_csv),
     Route("/results.json", results_json),
-    Route("/plot", plot_page),
-    Route("/compare", compare_page),
+    Route("/plot", _shown_problems("Plot", plot_page)),
+    Route("/compare", _shown_problems("Compare", compare_page)),
     Route("/compare/{id}/{path:path}", figure_file),
 ]
