@@ -108,7 +108,10 @@ def overview(found: Campaign) -> Overview:
     campaign_url = repo.remotes[syncing.REMOTE].url if syncing.has_remote(found) else None
     experiment_url = _experiment_url(found)
     counts = catalog.counts(found)
-    head = found.head()
+    try:
+        head = found.head()
+    except ExpegitError:  # a detached HEAD: the page still shows the rest
+        head = None
     pinned = str(head.tree[EXPERIMENT].id) if head is not None and EXPERIMENT in head.tree \
         else None
     return Overview(campaign_url, _name(experiment_url) or EXPERIMENT, experiment_url, pinned,

@@ -41,6 +41,7 @@ from git_expegit import campaign
 from git_expegit import catalog
 from git_expegit import refs
 from git_expegit.campaign import NOTES_REF
+from git_expegit.errors import ExpegitError
 
 POLL = 0.5  # seconds between two looks at the refs
 LIFETIME = 60.0  # seconds a stream lasts at most (then the browser reconnects)
@@ -118,8 +119,11 @@ async def stream(request: Request) -> AsyncIterator[str]:
                 yield ": keepalive\n\n"
             continue
         quiet_since = time.monotonic()
+        try:
+            new, counts = await run_in_threadpool(_read, root)
+        except ExpegitError:
+            continue  # a campaign caught mid-change (a damaged cache is rebuilt): look again
         key = now
-        new, counts = await run_in_threadpool(_read, root)
         found = changes(snapshot, new)
         snapshot = new
         for change in found:
