@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install and start the real services the tests use, on a fresh Debian root machine:
-# an OpenSSH sshd on 127.0.0.1:$SSHD_PORT (default 2222) for dedicated users, git-lfs, and a
-# single-node Slurm cluster (munged, slurmctld, slurmd; no systemd, no accounting).
+# an OpenSSH sshd on 127.0.0.1:$SSHD_PORT (default 2222) for dedicated users, git-lfs, a
+# single-node Slurm cluster (munged, slurmctld, slurmd; no systemd, no accounting), and
+# Chromium for the web tests.
 # Usage: SVC=$(mktemp -d) bash .ci/services.sh; source "$SVC/env.sh"; ...; bash "$SVC/stop.sh"
 set -euo pipefail
 SVC=${SVC:-$(mktemp -d -t expegit-svc.XXXXXX)}
@@ -9,6 +10,9 @@ PORT=${SSHD_PORT:-2222}  # another port lets a second set of services run beside
 mkdir -p "$SVC"
 export DEBIAN_FRONTEND=noninteractive
 PKGS="openssh-server openssh-client git git-lfs man-db faketime tcsh munge slurm-wlm"
+# Debian's Chromium for the web interface's browser tests (Playwright drives it; it cannot
+# download a browser here). WITH_CHROMIUM=0 leaves it out.
+if [ "${WITH_CHROMIUM:-1}" = 1 ]; then PKGS="$PKGS chromium"; fi
 if ! dpkg -s $PKGS >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $PKGS >"$SVC/apt.log" 2>&1 || { tail -30 "$SVC/apt.log"; exit 1; }

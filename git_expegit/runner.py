@@ -98,6 +98,12 @@ def check_profile(campaign: Campaign, name: str) -> Profile:
         raise ExpegitError(str(e), ExitCode.INPUT) from None
 
 
+def profile_names(campaign: Campaign) -> list[str]:
+    """The names of the profiles runaway finds and reads from the campaign (the web form's
+    choice): the user's own, the built-in `local`, the campaign's `.runaway/`."""
+    return sorted({p.name for p in profiles.available(campaign.root)})
+
+
 def check_code(campaign: Campaign, commit: str) -> None:
     """The experiment at `commit` must have its `run` handle at the root, executable."""
     tree = campaign.experiment()[commit].peel(pygit2.Commit).tree

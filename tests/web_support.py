@@ -54,6 +54,7 @@ def gui(campaign: Path) -> Iterator[Gui]:
     server = uvicorn.Server(uvicorn.Config(
         app.create_app(campaign, token, security.allowed_hosts("127.0.0.1", port)),
         host="127.0.0.1", port=port, log_level="warning"))
+    server.config.app.state.server = server  # live streams end when it stops (web/live.py)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -27,8 +27,13 @@ def gui(cwd: Path, path: str | None, port: int, host: str, verbose: bool) -> int
         print(f"expegit: listening on {host}: anyone who reaches it needs the token above",
               file=sys.stderr)
     server = app.create_app(found.root, token, security.allowed_hosts(shown, port))
+    # The app knows its server: its live streams end when the server stops (web/live.py).
+    server.state.server = uvicorn.Server(uvicorn.Config(
+        server, host=host, port=port, log_level="info" if verbose else "warning"))
     try:
-        uvicorn.run(server, host=host, port=port, log_level="info" if verbose else "warning")
+        server.state.server.run()
+    except KeyboardInterrupt:  # uvicorn stopped on Ctrl-C, and raises it again
+        pass
     except OSError as e:
         raise ExpegitError(f"cannot listen on {host}:{port}: {e}: choose another --port",
                            ExitCode.FAILED) from None
