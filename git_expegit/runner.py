@@ -667,11 +667,6 @@ def delete(campaign: Campaign, chosen: list[Execution],
         executions.remove(campaign, execution, force=True)
 
 
-def profile_names(campaign: Campaign) -> list[str]:
-    """The names of the profiles runaway finds from the campaign and can read."""
-    return sorted({p.name for p in profiles.available(campaign.root)})
-
-
 def sbatch_options(profile: Profile, overrides: list[tuple[str, str]]) -> Sbatch | None:
     """The profile's sbatch options with a batch's `--sbatch KEY=VALUE` in place, or a
     one-line error."""

@@ -39,7 +39,7 @@ def test_runaway_never_imports_expegit() -> None:
 
 
 SHELLS = ("git_expegit/commands/", "git_expegit/main.py", "git_expegit/__main__.py",
-          "git_expegit/agent/")
+          "git_expegit/agent/", "git_expegit/web/")
 
 
 def test_the_data_layer_never_imports_the_cli_or_runaway() -> None:
@@ -53,6 +53,12 @@ def test_only_the_runner_imports_runaway() -> None:
             if not v.startswith("git_expegit/runner.py")] == []
     assert [v for v in _violations("git_expegit", forbidden)
             if v.startswith("git_expegit/runner.py")] == []
+
+
+def test_the_web_calls_the_library_never_the_cli_nor_runaway() -> None:
+    # The web enqueues through the data layer (and runner.py); it never runs a command.
+    assert _violations("git_expegit/web", ("git_expegit.commands", "git_expegit.main",
+                                           "git_runaway", "subprocess", "docopt")) == []
 
 
 def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
