@@ -66,8 +66,10 @@ def gui(campaign: Path) -> Iterator[Gui]:
     thread.join(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[Any]:
+    # One browser per test: Playwright's sync API keeps an event loop running in this thread
+    # while it is open, and other tests call asyncio.run() between browser tests.
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: .ci/services.sh installs chromium")
