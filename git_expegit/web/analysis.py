@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import FileResponse
-from starlette.responses import PlainTextResponse
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.routing import Route
@@ -54,11 +52,6 @@ PAGE = 100  # rows of /results per page
 GRID = 60  # figures of /compare per page
 IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
           ".gif": "image/gif", ".svg": "image/svg+xml", ".webp": "image/webp"}
-# What a file written by experiment code may do when opened in this origin: nothing.
-FILE_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'; img-src 'self' data:; "
-                                           "style-src 'unsafe-inline'",
-                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 # --- the table, kept between requests ------------------------------------------------------
@@ -304,27 +297,6 @@ def _figures(folder: Path) -> list[str]:
     return out
 
 
-def figure_file(request: Request) -> Response:
-    """A file under an execution's data/, served so that it cannot act in this origin."""
-    eid, path = request.path_params["id"], request.path_params["path"]
-    parts = path.split("/")
-    if (not _ID.fullmatch(eid) or parts[0] != "data" or len(parts) < 2
-            or any(p in ("", ".", "..") for p in parts) or "\\" in path or "\0" in path):
-        return PlainTextResponse("no such file", status_code=404)
-    found = _campaign(request)
-    # The folder as it should be, not where a symlink would lead: nothing outside it.
-    folder = os.path.join(os.path.realpath(found.root),
-                          campaigns.folder(campaigns.ExecutionId(eid)))
-    real = os.path.realpath(os.path.join(folder, *parts))
-    if not real.startswith(folder + os.sep) or not os.path.isfile(real):
-        return PlainTextResponse("no such file", status_code=404)
-    kind = IMAGES.get(os.path.splitext(real)[1].lower())
-    headers = dict(FILE_HEADERS)
-    if kind is None:
-        headers["Content-Disposition"] = "attachment"
-    return FileResponse(real, media_type=kind or "application/octet-stream", headers=headers)
-
-
 def _shown_problems(title: str, endpoint: Callable[[Request], Response]
                     ) -> Callable[[Request], Response]:
     """A campaign the data layer refuses (a bad `results` setting in .expegit.yml...) is
@@ -345,5 +317,4 @@ routes: list[BaseRoute] = [
     Route("/results.json", results_json),
     Route("/plot", _shown_problems("Plot", plot_page)),
     Route("/compare", _shown_problems("Compare", compare_page)),
-    Route("/compare/{id}/{path:path}", figure_file),
 ]
