@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import urllib.parse
 from collections.abc import Iterable
 
 from starlette.requests import Request
@@ -66,10 +67,12 @@ class Guard:
         given = request.query_params.get("token")
         if given is not None and request.method in _SAFE:
             # The token leaves the address bar (and the history) at once: a cookie keeps it.
-            query = "&".join(f"{k}={v}" for k, v in request.query_params.multi_items()
-                             if k != "token")
-            response = RedirectResponse(request.url.path + (f"?{query}" if query else ""),
-                                        status_code=303)
+            # Re-encoded, so that an escaped '&' or '#' stays inside its value; one leading
+            # slash, so that `//host/` cannot name another server.
+            query = urllib.parse.urlencode([(k, v) for k, v in request.query_params.multi_items()
+                                            if k != "token"])
+            path = "/" + request.url.path.lstrip("/")
+            response = RedirectResponse(path + (f"?{query}" if query else ""), status_code=303)
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
             await response(scope, receive, send)
             return
