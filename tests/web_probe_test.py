@@ -118,25 +118,25 @@ def test_gui_on_a_port_in_use_says_so_in_one_line_and_prints_no_url(campaign: Pa
 
 def test_gui_serves_once_bound_and_stops_on_ctrl_c(campaign: Path) -> None:
     port = free_port()
-    gui = subprocess.Popen(["git", "expegit", "gui", f"--port={port}"], cwd=campaign,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+    server = subprocess.Popen(["git", "expegit", "gui", f"--port={port}"], cwd=campaign,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
     try:
-        assert gui.stdout is not None
-        url = gui.stdout.readline().split()[-1]
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[-1]
         assert url.startswith(f"http://127.0.0.1:{port}/?token=")
         with httpx.Client(timeout=30, follow_redirects=True) as client:
             assert client.get(url).status_code == 200
             with client.stream("GET", f"http://127.0.0.1:{port}/events") as stream:
                 assert next(stream.iter_lines()).startswith("retry:")
                 started = time.monotonic()
-                os.killpg(gui.pid, signal.SIGINT)  # Ctrl-C, with a live stream open
-                gui.wait(10)
+                os.killpg(server.pid, signal.SIGINT)  # Ctrl-C, with a live stream open
+                server.wait(10)
                 assert time.monotonic() - started < 5
     finally:
-        if gui.poll() is None:
-            os.killpg(gui.pid, signal.SIGKILL)
-            gui.wait()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 # Live ----------------------------------------------------------------------------------------
