@@ -24,7 +24,8 @@ def create_app(root: Path, token: str, hosts: set[str]) -> Starlette:
     app = Starlette(
         routes=[*home.routes, *executions.routes, *live.routes, *batches.routes,
                 *analysis.routes, Mount("/static", static, name="static")],
-        middleware=[Middleware(security.Guard, token=token, hosts=hosts)])
+        middleware=[Middleware(security.Guard, token=token, hosts=hosts),
+                    Middleware(live.Mark)])
     app.state.root = root
     app.state.token = token
     return app

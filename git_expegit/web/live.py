@@ -13,7 +13,10 @@ moved, reads the catalog (cached, see catalog.py) and sends what changed since i
 
 The event id is the pair of refs the data was read at: a browser that reconnects (EventSource
 does it by itself) sends it back as Last-Event-ID, and when the refs moved in between, it gets
-every execution's state once, so that no change is missed.
+every execution's state once, so that no change is missed. A page's first stream does the
+same with `?since=KEY`, the refs its page was read at (`Mark` reads them before the page
+reads anything; base.html hands them to live.js): what changed while the page was served
+and its scripts loaded is not lost.
 
 uvicorn's graceful shutdown waits for open responses, and tells the application nothing
 until they have ended: a stream ends by itself when the server that serves it stops
@@ -24,6 +27,7 @@ and after LIFETIME seconds in any case, after which the browser reconnects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +40,10 @@ from starlette.responses import Response
 from starlette.responses import StreamingResponse
 from starlette.routing import BaseRoute
 from starlette.routing import Route
+from starlette.types import ASGIApp
+from starlette.types import Receive
+from starlette.types import Scope
+from starlette.types import Send
 
 from git_expegit import campaign
 from git_expegit import catalog
@@ -86,6 +94,23 @@ def _message(event: str, data: object, key: Key | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
+class Mark:
+    """ASGI middleware: the refs a page is read at, before it reads anything, in
+    `request.state.live_key` (templating.render puts it in every page)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["method"] == "GET"
+                and not scope["path"].startswith(("/static/", "/events"))):
+            with contextlib.suppress(ExpegitError, OSError):
+                root: Path = scope["app"].state.root
+                scope.setdefault("state", {})["live_key"] = _key_text(
+                    _key(campaign.find(root).git_dir))
+        await self.app(scope, receive, send)
+
+
 def stopping(app: Starlette) -> bool:
     """Whether the server serving `app` is shutting down."""
     server = getattr(app.state, "server", None)
@@ -98,7 +123,7 @@ async def stream(request: Request) -> AsyncIterator[str]:
     key = _key(git_dir)
     snapshot, counts = await run_in_threadpool(_read, root)
     yield f"retry: {RETRY_MS}\n" + _message("hello", {"key": _key_text(key)}, key)
-    given = request.headers.get("last-event-id")
+    given = request.headers.get("last-event-id") or request.query_params.get("since")
     if given is not None and given != _key_text(key):
         # A reconnection after changes it did not see: every state, once.
         for change in changes({}, snapshot):

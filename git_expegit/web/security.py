@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
+import socket
+import urllib.parse
 from collections.abc import Iterable
 
 from starlette.requests import Request
@@ -40,10 +43,40 @@ def csrf_token(request: Request) -> str:
     return hmac.new(token.encode(), b"csrf", hashlib.sha256).hexdigest()
 
 
+WILDCARDS = ("0.0.0.0", "::", "[::]")  # every address of the machine
+ANY_ADDRESS = "*"  # in the allowed hosts: any IP address, as a wildcard bind is reached
+
+
 def allowed_hosts(host: str, port: int) -> set[str]:
-    names = {host, "localhost", "127.0.0.1", "[::1]"} if host in (
-        "127.0.0.1", "localhost", "::1") else {host}
-    return {f"{name}:{port}" for name in names} | ({host} if port == 80 else set())
+    """The Host headers the server answers: `name:port`, and `name` alone on port 80.
+    Bound to every address, it is reached from elsewhere by this machine's name or by any
+    of its addresses: a DNS-rebinding page only ever has a name of its own, never an
+    address, so any address literal is allowed there (`*`)."""
+    loopback = {"localhost", "127.0.0.1", "[::1]"}
+    if host in WILDCARDS:
+        names = loopback | {socket.gethostname(), socket.getfqdn(), ANY_ADDRESS}
+    else:
+        names = {host} | (loopback if host in ("127.0.0.1", "localhost", "::1") else set())
+    return {f"{name}:{port}" for name in names} | (names if port == 80 else set())
+
+
+def host_allowed(header: str, hosts: set[str]) -> bool:
+    if header in hosts:
+        return True
+    name, colon, port = header.rpartition(":")
+    if colon and f"{ANY_ADDRESS}:{port}" in hosts and _address(name):
+        return True
+    return ANY_ADDRESS in hosts and _address(header)
+
+
+def _address(text: str) -> bool:
+    """An IPv4 address, or an IPv6 one in brackets, as a Host header carries them."""
+    bracketed = text.startswith("[") and text.endswith("]")
+    try:
+        address = ipaddress.ip_address(text[1:-1] if bracketed else text)
+    except ValueError:
+        return False
+    return (address.version == 6) == bracketed
 
 
 class Guard:
@@ -66,17 +99,19 @@ class Guard:
         given = request.query_params.get("token")
         if given is not None and request.method in _SAFE:
             # The token leaves the address bar (and the history) at once: a cookie keeps it.
-            query = "&".join(f"{k}={v}" for k, v in request.query_params.multi_items()
-                             if k != "token")
-            response = RedirectResponse(request.url.path + (f"?{query}" if query else ""),
-                                        status_code=303)
+            # Re-encoded, so that an escaped '&' or '#' stays inside its value; one leading
+            # slash, so that `//host/` cannot name another server.
+            query = urllib.parse.urlencode([(k, v) for k, v in request.query_params.multi_items()
+                                            if k != "token"])
+            path = "/" + request.url.path.lstrip("/")
+            response = RedirectResponse(path + (f"?{query}" if query else ""), status_code=303)
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
     def _refusal(self, request: Request) -> str | None:
-        if request.headers.get("host", "") not in self.hosts:
+        if not host_allowed(request.headers.get("host", ""), self.hosts):
             return "forbidden: unexpected Host header"
         given = request.query_params.get("token") or request.cookies.get(COOKIE, "")
         if not hmac.compare_digest(given.encode(), self.token.encode()):

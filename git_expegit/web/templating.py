@@ -21,5 +21,6 @@ _ENVIRONMENT = Environment(loader=FileSystemLoader(Path(__file__).parent / "temp
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     page = _ENVIRONMENT.get_template(name)
     html = page.render(request=request, csrf=security.csrf_token(request),
-                       campaign_name=request.app.state.root.name, **context)
+                       campaign_name=request.app.state.root.name,
+                       live_since=getattr(request.state, "live_key", ""), **context)
     return HTMLResponse(html, status_code=status)

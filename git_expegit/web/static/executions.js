@@ -1,6 +1,27 @@
 // The executions table and an execution's report: select, reschedule, delete.
 // Requests go through app.js's send() (it carries the CSRF token).
 "use strict";
+// Live (static/live.js): a row's state, colour and exit code, and the report's, follow the
+// execution's changes; a finished run whose exit code is not 0 shows as failed.
+document.addEventListener("expegit:execution", event => {
+  const change = event.detail;
+  const outcome = change.state === "finished" && ![null, undefined, "0"].includes(change.exit_code)
+    ? "failed" : change.state;
+  const id = CSS.escape(change.id);
+  for (const row of document.querySelectorAll(`tr.ex-row[data-id="${id}"]`)) {
+    row.className = row.className.replace(/\bout-\S+/, "out-" + outcome);
+    const exit = row.querySelector(".ex-exit");
+    if (exit) exit.textContent = change.exit_code ?? "";
+  }
+  for (const pill of document.querySelectorAll(`tr.ex-row[data-id="${id}"] .pill, .pill[data-id="${id}"]`)) {
+    pill.className = "pill ex-" + outcome;
+    pill.textContent = change.state;
+  }
+  for (const exit of document.querySelectorAll(`.ex-exit[data-id="${id}"]`)) {
+    exit.textContent = change.exit_code ?? "";
+  }
+});
+
 (function () {
   const actions = document.getElementById("ex-actions");
   if (!actions) return;

@@ -57,7 +57,9 @@
     document.dispatchEvent(new CustomEvent("expegit:counts", {detail: values}));
   }
 
-  const source = new EventSource("/events");
+  // The refs the page was read at: the stream sends what changed since (web/live.py).
+  const since = document.documentElement.dataset.liveSince;
+  const source = new EventSource("/events" + (since ? "?since=" + encodeURIComponent(since) : ""));
   source.addEventListener("execution", (e) => execution(JSON.parse(e.data)));
   source.addEventListener("counts", (e) => counts(JSON.parse(e.data)));
   source.addEventListener("hello", () => document.documentElement.dataset.live = "on");
