@@ -20,6 +20,9 @@ def test_without_the_token_every_page_is_403_and_with_it_a_cookie_keeps_it(
         assert "token=" not in str(first.url)  # it leaves the address bar at once
         assert client.get(gui.url("/static/style.css", token=False)).status_code == 200
     assert httpx.get(gui.url("/"), headers={"Host": "evil.example:80"}).status_code == 403
+    port = gui.base.rsplit(":", 1)[1]
+    typed = httpx.get(gui.url("/"), headers={"Host": f"LOCALHOST:{port}"})
+    assert typed.status_code == 303  # host names are case-insensitive
 
 
 def test_a_state_changing_request_needs_the_csrf_token(campaign: Path, gui: Gui) -> None:  # noqa: F811

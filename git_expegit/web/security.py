@@ -57,6 +57,7 @@ def allowed_hosts(host: str, port: int) -> set[str]:
         names = loopback | {socket.gethostname(), socket.getfqdn(), ANY_ADDRESS}
     else:
         names = {host} | (loopback if host in ("127.0.0.1", "localhost", "::1") else set())
+    names = {name.lower() for name in names}
     return {f"{name}:{port}" for name in names} | (names if port == 80 else set())
 
 
@@ -111,7 +112,8 @@ class Guard:
         await self.app(scope, receive, send)
 
     def _refusal(self, request: Request) -> str | None:
-        if not host_allowed(request.headers.get("host", ""), self.hosts):
+        # Host names are case-insensitive (a user may type LOCALHOST).
+        if not host_allowed(request.headers.get("host", "").lower(), self.hosts):
             return "forbidden: unexpected Host header"
         given = request.query_params.get("token") or request.cookies.get(COOKIE, "")
         if not hmac.compare_digest(given.encode(), self.token.encode()):
