@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from git_expegit import locks
+from git_expegit import refs
 from git_expegit.errors import ExitCode
 from git_expegit.errors import ExpegitError
 from git_expegit.record import ExecutionId as ExecutionId  # re-exported
@@ -42,6 +43,11 @@ class Campaign:
         import pygit2
 
         return pygit2.Repository(str(self.root))
+
+    def tip_and_notes(self) -> tuple[str | None, str | None]:
+        """The ids of the branch tip and of the notes, read from the ref files (no pygit2):
+        what the catalog and every cache of it are keyed by. Either may be refs.UNKNOWN."""
+        return refs.read(self.git_dir, "HEAD"), refs.read(self.git_dir, NOTES_REF)
 
     @property
     def state_dir(self) -> Path:

@@ -38,7 +38,6 @@ from typing import TypeVar
 from git_expegit import record
 from git_expegit import refs
 from git_expegit.campaign import EXECUTIONS
-from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
 from git_expegit.campaign import ExecutionId
 from git_expegit.campaign import folder
@@ -404,7 +403,7 @@ def _read(campaign: Campaign, answer: Callable[[Catalog], T]) -> T:
         transaction.recover_if_interrupted(campaign)
     path = campaign.git_dir / "expegit" / "catalog"
     catalog = Catalog.load(path)
-    if catalog.fresh(refs.read(campaign.git_dir, "HEAD"), refs.read(campaign.git_dir, NOTES_REF)):
+    if catalog.fresh(*campaign.tip_and_notes()):
         try:
             return answer(catalog)
         except Invalid:

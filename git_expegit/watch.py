@@ -16,7 +16,6 @@ from git_expegit import catalog
 from git_expegit import queue
 from git_expegit import record
 from git_expegit import refs
-from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
 from git_expegit.catalog import Execution
 from git_expegit.errors import ExitCode
@@ -33,7 +32,7 @@ PENDING = (State.QUEUED, State.RUNNING)
 def refs_key(campaign: Campaign) -> tuple[str | None, str | None] | None:
     """What the catalog depends on: the branch tip and the notes; None when the ref files
     cannot be read as git would (then the catalog must be asked each time)."""
-    key = (refs.read(campaign.git_dir, "HEAD"), refs.read(campaign.git_dir, NOTES_REF))
+    key = campaign.tip_and_notes()
     return None if refs.UNKNOWN in key else key
 
 

@@ -43,7 +43,6 @@ from git_expegit import campaign as campaigns
 from git_expegit import catalog
 from git_expegit import refs
 from git_expegit import results
-from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
 from git_expegit.errors import ExpegitError
 from git_expegit.web.templating import render
@@ -75,8 +74,7 @@ def table(found: Campaign) -> results.Table:
 
 
 def _key(found: Campaign) -> tuple[object, ...] | None:
-    head = refs.read(found.git_dir, "HEAD")
-    notes = refs.read(found.git_dir, NOTES_REF)
+    head, notes = found.tip_and_notes()
     if refs.UNKNOWN in (head, notes):
         return None
     try:

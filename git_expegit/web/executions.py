@@ -42,7 +42,6 @@ from git_expegit import record
 from git_expegit import refs
 from git_expegit import runner
 from git_expegit.agent import control
-from git_expegit.campaign import NOTES_REF
 from git_expegit.campaign import Campaign
 from git_expegit.catalog import Execution
 from git_expegit.errors import ExitCode
@@ -127,7 +126,7 @@ class _Rows:
         self.sorted: dict[tuple[str, bool], list[Row]] = {}
 
     def current(self, found: Campaign) -> list[Row]:
-        key = (refs.read(found.git_dir, "HEAD"), refs.read(found.git_dir, NOTES_REF))
+        key = found.tip_and_notes()
         cacheable = refs.UNKNOWN not in key
         with self.lock:
             if cacheable and key == self.key:

@@ -48,7 +48,6 @@ from starlette.types import Send
 from git_expegit import campaign
 from git_expegit import catalog
 from git_expegit import refs
-from git_expegit.campaign import NOTES_REF
 from git_expegit.errors import ExpegitError
 
 POLL = 0.5  # seconds between two looks at the refs
@@ -59,10 +58,6 @@ REMOVED = "removed"
 
 Key = tuple[str | None, str | None]
 Snapshot = dict[str, tuple[str, str | None]]  # id -> (state, exit code)
-
-
-def _key(git_dir: Path) -> Key:
-    return refs.read(git_dir, "HEAD"), refs.read(git_dir, NOTES_REF)
 
 
 def _key_text(key: Key) -> str:
@@ -107,7 +102,7 @@ class Mark:
             with contextlib.suppress(ExpegitError, OSError):
                 root: Path = scope["app"].state.root
                 scope.setdefault("state", {})["live_key"] = _key_text(
-                    _key(campaign.find(root).git_dir))
+                    campaign.find(root).tip_and_notes())
         await self.app(scope, receive, send)
 
 
@@ -119,8 +114,8 @@ def stopping(app: Starlette) -> bool:
 
 async def stream(request: Request) -> AsyncIterator[str]:
     root: Path = request.app.state.root
-    git_dir = campaign.find(root).git_dir
-    key = _key(git_dir)
+    here = campaign.find(root)
+    key = here.tip_and_notes()
     snapshot, counts = await run_in_threadpool(_read, root)
     yield f"retry: {RETRY_MS}\n" + _message("hello", {"key": _key_text(key)}, key)
     given = request.headers.get("last-event-id") or request.query_params.get("since")
@@ -137,7 +132,7 @@ async def stream(request: Request) -> AsyncIterator[str]:
             if stopping(request.app):
                 return
             await asyncio.sleep(POLL / 5)
-        now = _key(git_dir)
+        now = here.tip_and_notes()
         if now == key and refs.UNKNOWN not in now:
             if time.monotonic() - quiet_since > KEEPALIVE:
                 quiet_since = time.monotonic()
