@@ -43,6 +43,17 @@ def failed(error: BenchmarkFailed) -> int:
     return 2
 
 
+def make_home(base: Path, config: str) -> Path:
+    """A HOME whose ~/.ssh/config is the test sshd's, so asyncssh resolves `testhost`."""
+    home = base / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    shutil.copy(config, home / ".ssh" / "config")
+    os.environ["HOME"] = str(home)
+    for name in [n for n in os.environ if n.startswith("RUNAWAY")]:
+        del os.environ[name]
+    return home
+
+
 def make_env(base: Path) -> dict[str, str]:
     """A hermetic environment: own HOME and global git config, no system config, a fixed
     identity; the interpreter's bin folder first on PATH, as in a venv, so that `git

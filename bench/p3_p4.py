@@ -29,6 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import asyncssh
+from harness import make_home
 
 import git_runaway.execution as execution
 from git_runaway import archive
@@ -53,17 +54,6 @@ def check(condition: bool, message: str) -> None:
 
 
 # --- setup -------------------------------------------------------------------------------
-
-def make_home(base: Path, config: str) -> Path:
-    """A HOME whose ~/.ssh/config is the test sshd's, so asyncssh resolves `testhost`."""
-    home = base / "home"
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    shutil.copy(config, home / ".ssh" / "config")
-    os.environ["HOME"] = str(home)
-    for name in [n for n in os.environ if n.startswith("RUNAWAY")]:
-        del os.environ[name]
-    return home
-
 
 def make_code(base: Path) -> Path:
     code = base / "code"

@@ -18,13 +18,14 @@ import asyncio
 import dataclasses
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from harness import make_home
 
 from git_runaway.execution import Job
 from git_runaway.execution import Runaway
@@ -53,16 +54,6 @@ class Sink:
 
     def __call__(self, chunk: bytes) -> None:
         self.data += chunk
-
-
-def make_home(base: Path, config: str) -> None:
-    """A HOME whose ~/.ssh/config is the test sshd's, so asyncssh resolves `testhost`."""
-    home = base / "home"
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    shutil.copy(config, home / ".ssh" / "config")
-    os.environ["HOME"] = str(home)
-    for name in [n for n in os.environ if n.startswith("RUNAWAY")]:
-        del os.environ[name]
 
 
 def ssh(config: str, command: str) -> str:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -25,6 +24,7 @@ from git_expegit.record import State
 from tests.conftest import expegit
 from tests.conftest import git
 from tests.conftest import script
+from tests.conftest import until
 
 T = TypeVar("T")
 
@@ -35,17 +35,6 @@ sleep "$(cat {outside}/pause 2>/dev/null || echo 0)"
 mkdir -p data
 echo "$*" > data/out
 """
-
-
-def until(check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
-    """Poll `check` until it gives something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

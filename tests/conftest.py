@@ -11,12 +11,29 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
+
+T = TypeVar("T")
+
+
+def until(check: Callable[[], T], what: str, timeout: float = 90.0, every: float = 0.05) -> T:
+    """Poll `check` until it gives something true, and return that (tests never sleep a
+    fixed time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +52,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
                        }.items():
         monkeypatch.setenv(key, value)
     yield home
+
+
+def needs_slurm() -> None:
+    """Skip a test without the Slurm cluster of `.ci/services.sh`; in CI, fail it."""
+    if not os.environ.get("EXPEGIT_TEST_SLURM"):
+        if os.environ.get("CI"):
+            pytest.fail("EXPEGIT_TEST_SLURM is not set: .ci/services.sh must run first")
+        pytest.skip("no test Slurm cluster (run .ci/services.sh and source its env.sh)")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from tests.conftest import Target
 from tests.conftest import expegit
 from tests.conftest import git
 from tests.conftest import snapshot
+from tests.conftest import until
 from tests.conftest import write_profile
 
 SEED = " --param¤first;second¤--flag;"
@@ -160,15 +161,8 @@ def _slow_batch(campaign: Path, experiment: Path, tmp_path: Path, seconds: float
     process = subprocess.Popen(["git-expegit", "jobs", "run", "-w", "1", "local", "",
                                 "a;b;c;d"], cwd=campaign, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _until(lambda: (counts / "a").exists())
+    until(lambda: (counts / "a").exists(), "run a to start", 60)
     return counts, process
-
-
-def _until(condition: object, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_ctrl_c_lets_the_running_run_end_and_keeps_the_rest_queued(
@@ -212,7 +206,7 @@ print(len(s.finished), len(s.failed))
 def test_after_sigkill_a_new_runner_collects_what_ended_and_reruns_what_was_lost(
         campaign: Path, experiment: Path, tmp_path: Path) -> None:
     counts, process = _slow_batch(campaign, experiment, tmp_path, 1.5)
-    _until(lambda: (counts / "b").exists())  # a finished; b runs
+    until(lambda: (counts / "b").exists(), "run b to start", 60)  # a finished; b runs
     os.killpg(process.pid, signal.SIGSTOP)  # b ends on its host while no one listens
     time.sleep(2.5)
     os.killpg(process.pid, signal.SIGKILL)
@@ -359,14 +353,16 @@ def test_a_runner_killed_before_committing_a_fetched_run_does_not_run_it_again(
     process = subprocess.Popen(["git-expegit", "jobs", "run", "local", "", "a"], cwd=campaign,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)
-    _until(lambda: (counts / "a").exists())
+    until(lambda: (counts / "a").exists(), "run a to start", 60)
     # The campaign's lock held: the run ends, its results come back, and its end waits.
     lock = campaign / ".git" / "expegit" / "lock"
     holder = subprocess.Popen(["flock", str(lock), "sleep", "60"], start_new_session=True)
-    _until(lambda: subprocess.run(["flock", "-n", str(lock), "true"]).returncode != 0)
+    until(lambda: subprocess.run(["flock", "-n", str(lock), "true"]).returncode != 0,
+          "the runner to hold its lock", 60)
     go.touch()
     claims = campaign / ".git" / "expegit" / "claims"
-    _until(lambda: any("exit_code\": 0" in p.read_text() for p in claims.iterdir()))
+    until(lambda: any("exit_code\": 0" in p.read_text() for p in claims.iterdir()),
+          "a claim with its end", 60)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     os.killpg(holder.pid, signal.SIGKILL)  # sleep too: it holds the lock's descriptor
@@ -409,7 +405,7 @@ def test_a_collected_run_keeps_its_logs_from_a_file_named_stdout(
     process = subprocess.Popen(["git-expegit", "jobs", "run", "local", "", "a"], cwd=campaign,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)
-    _until(started.exists)
+    until(started.exists, "the run to start", 60)
     os.killpg(process.pid, signal.SIGSTOP)  # the script ends while no one listens
     time.sleep(2)
     os.killpg(process.pid, signal.SIGKILL)

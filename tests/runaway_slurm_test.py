@@ -4,6 +4,7 @@ profile, and the bad inputs of each."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -12,7 +13,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,9 +20,11 @@ import pytest
 from git_runaway.errors import FAILED
 from git_runaway.errors import ExitCode
 from tests.conftest import Target
+from tests.conftest import needs_slurm
 from tests.conftest import runaway
 from tests.conftest import script
 from tests.conftest import ssh_user_home
+from tests.conftest import until
 from tests.conftest import write_profile
 
 JOB = re.compile(r"[0-9]+_0")
@@ -30,10 +32,7 @@ JOB = re.compile(r"[0-9]+_0")
 
 @pytest.fixture
 def cluster(ssh_host: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    if not os.environ.get("EXPEGIT_TEST_SLURM"):
-        if os.environ.get("CI"):
-            pytest.fail("EXPEGIT_TEST_SLURM is not set: .ci/services.sh must run first")
-        pytest.skip("no test Slurm cluster (run .ci/services.sh and source its env.sh)")
+    needs_slurm()
     monkeypatch.setenv("RUNAWAY_SLURM_POLL", "1")
     return ssh_host
 
@@ -69,11 +68,7 @@ def squeue(home: Path, host: str, job: str) -> str:
     return on_host(home, host, f"squeue -h -t all -o %T -j {job} 2>/dev/null || :").strip()
 
 
-def wait_until(condition: Callable[[], object], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"not {what} after {seconds} s"
-        time.sleep(0.2)
+wait_until = functools.partial(until, timeout=60, every=0.2)
 
 
 def only_lock(folder: Path) -> bool:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs_slurm
+
 END_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
               "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
@@ -20,10 +22,7 @@ END_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "N
 @pytest.fixture
 def slurm(home: Path, ssh_host: str) -> list[str]:
     """The ssh command line that runs a command as the test user on the cluster's login node."""
-    if not os.environ.get("EXPEGIT_TEST_SLURM"):
-        if os.environ.get("CI"):
-            pytest.fail("EXPEGIT_TEST_SLURM is not set: .ci/services.sh must run first")
-        pytest.skip("no test Slurm cluster (run .ci/services.sh and source its env.sh)")
+    needs_slurm()
     # ssh reads the config of the passwd home, not $HOME: name the test's copy.
     return ["ssh", "-F", str(home / ".ssh" / "config"), ssh_host]
 

@@ -4,6 +4,7 @@ gives, detach and re-attach, requeue, cancel."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -11,7 +12,6 @@ import subprocess
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +19,9 @@ import pytest
 
 from tests.conftest import expegit
 from tests.conftest import git
+from tests.conftest import needs_slurm
 from tests.conftest import snapshot
+from tests.conftest import until as poll_until
 from tests.conftest import write_profile
 from tests.jobs_test import _commit_run
 from tests.slurm_cluster_test import remote
@@ -31,10 +33,7 @@ T = TypeVar("T")
 def slurm(home: Path, ssh_host: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ssh command line to the cluster's login node (as in slurm_cluster_test); polls of
     at most a second, so that tests see ends quickly."""
-    if not os.environ.get("EXPEGIT_TEST_SLURM"):
-        if os.environ.get("CI"):
-            pytest.fail("EXPEGIT_TEST_SLURM is not set: .ci/services.sh must run first")
-        pytest.skip("no test Slurm cluster (run .ci/services.sh and source its env.sh)")
+    needs_slurm()
     monkeypatch.setenv("RUNAWAY_SLURM_POLL", "1")
     return ["ssh", "-F", str(home / ".ssh" / "config"), ssh_host]
 
@@ -53,14 +52,8 @@ def cluster(slurm: list[str], home: Path, ssh_host: str) -> str:
     return _profile(home, ssh_host, concurrency=2)
 
 
-def until(check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
+# Each check asks the cluster over ssh: a third of a second between two.
+until = functools.partial(poll_until, every=0.3)
 
 
 def listing(campaign: Path) -> list[dict[str, object]]:
@@ -172,13 +165,19 @@ def _sleeping_run(experiment: Path, tmp_path: Path, campaign: Path, seconds: int
     expegit("update-expe", cwd=campaign)
 
 
+def _submitted_then_agent_stops(campaign: Path, cluster: str, expression: str,
+                                count: int) -> None:
+    """`jobs run --detach`: the agent submits the batch; then it stops, the jobs go on."""
+    expegit("jobs", "run", "--detach", cluster, "", expression, cwd=campaign)
+    until(lambda: submitted(campaign, count), "the agent to submit the batch")
+    expegit("agent", "stop", cwd=campaign)
+
+
 def test_detach_stop_the_agent_and_a_new_agent_collects_without_resubmitting(
         campaign: Path, experiment: Path, cluster: str, slurm: list[str],
         tmp_path: Path) -> None:
     _sleeping_run(experiment, tmp_path, campaign, 4)
-    expegit("jobs", "run", "--detach", cluster, "", "--x ¤1;2;3¤", cwd=campaign)
-    until(lambda: submitted(campaign, 3), "the agent to submit the batch")
-    expegit("agent", "stop", cwd=campaign)  # the laptop closes; the jobs go on
+    _submitted_then_agent_stops(campaign, cluster, "--x ¤1;2;3¤", 3)  # the laptop closes
     jobs = [job_of(e) for e in listing(campaign)]
     assert all(e["state"] in ("queued", "running") for e in listing(campaign))
     until(lambda: all(squeue_state(slurm, job) == "COMPLETED" for job in jobs),
@@ -258,9 +257,7 @@ def test_jobs_delete_and_exec_reset_cancel_the_jobs_of_a_stopped_agent(
         campaign: Path, experiment: Path, cluster: str, slurm: list[str],
         tmp_path: Path) -> None:
     _sleeping_run(experiment, tmp_path, campaign, 60)
-    expegit("jobs", "run", "--detach", cluster, "", "--x ¤1;2¤", cwd=campaign)
-    until(lambda: submitted(campaign, 2), "the agent to submit the batch")
-    expegit("agent", "stop", cwd=campaign)
+    _submitted_then_agent_stops(campaign, cluster, "--x ¤1;2¤", 2)
     first, second = listing(campaign)
     done = expegit("jobs", "delete", str(first["id"])[:8], cwd=campaign)
     assert f"cancelled Slurm job {job_of(first)}" in done.stderr

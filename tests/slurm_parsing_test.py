@@ -33,6 +33,7 @@ from git_runaway.schedulers import sbatch
 from git_runaway.schedulers import slurm
 from git_runaway.schedulers.slurm import JobState
 from git_runaway.schedulers.slurm import Sbatch
+from tests.conftest import needs_slurm
 from tests.conftest import script
 from tests.conftest import write_profile
 from tests.slurm_cluster_test import remote as on_cluster
@@ -238,10 +239,7 @@ def test_hostile_values_give_one_sbatch_line_each_or_are_refused(value: str):
 @pytest.fixture
 def cluster(home: Path, ssh_host: str) -> list[str]:
     """The ssh command line of the test user on the real cluster (slurm_cluster_test's)."""
-    if not os.environ.get("EXPEGIT_TEST_SLURM"):
-        if os.environ.get("CI"):
-            pytest.fail("EXPEGIT_TEST_SLURM is not set: .ci/services.sh must run first")
-        pytest.skip("no test Slurm cluster (run .ci/services.sh and source its env.sh)")
+    needs_slurm()
     return ["ssh", "-F", str(home / ".ssh" / "config"), ssh_host]
 
 

@@ -6,12 +6,11 @@ an experiment wrote cannot run script in the interface's origin."""
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import socket
 import struct
-import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from git_expegit.web import security
 from git_expegit.web.executions import commit_url
 from tests.conftest import expegit
 from tests.conftest import git
+from tests.conftest import until
 from tests.conftest import write_profile
 from tests.web_support import Gui
 from tests.web_support import chromium  # noqa: F401  (a fixture)
@@ -117,11 +117,7 @@ def _watch(page: Any) -> list[str]:  # noqa: F811
     return dialogs
 
 
-def _until(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+_until = functools.partial(until, timeout=30, every=0.1)
 
 
 # The report ----------------------------------------------------------------------------------

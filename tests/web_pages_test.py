@@ -4,9 +4,7 @@ with real executions made by the CLI (the web only enqueues; the CLI and the age
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +15,13 @@ from git_expegit import campaign as campaigns
 from git_expegit import catalog
 from tests.conftest import expegit
 from tests.conftest import git
+from tests.jobs_test import _commit_run
 from tests.web_support import Gui
 from tests.web_support import chromium  # noqa: F401  (a fixture)
-from tests.web_support import free_port
 from tests.web_support import gui  # noqa: F401  (a fixture)
 from tests.web_support import page  # noqa: F401  (a fixture)
 from tests.web_support import screenshot
+from tests.web_support import serve
 
 
 @pytest.fixture(autouse=True)
@@ -33,13 +32,6 @@ def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def listing(campaign: Path) -> list[catalog.Execution]:
     return catalog.executions(campaigns.find(campaign))
-
-
-def poll(condition: Callable[[], object], seconds: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.05)
 
 
 def marked(tab: Any) -> None:
@@ -152,39 +144,14 @@ def test_a_run_started_from_the_cli_shows_running_then_leaves_the_tasks_live(
     assert "The queue is empty." in page.inner_text("#queue")
 
 
-def _commit_run(experiment: Path, tmp_path: Path, body: str) -> None:
-    work = tmp_path / "expe-work"
-    git("clone", "-q", str(experiment), str(work), cwd=tmp_path)
-    (work / "run").write_text("#!/bin/sh\n" + body)
-    (work / "run").chmod(0o755)
-    git("commit", "-qam", "a run that waits for its gate", cwd=work)
-    git("push", "-q", "origin", "HEAD", cwd=work)
-
-
 def test_a_live_stream_ends_when_the_server_stops(campaign: Path) -> None:
-    import uvicorn
-
-    from git_expegit.web import app
-    from git_expegit.web import security
-
-    port = free_port()
-    token = security.new_token()
-    server = uvicorn.Server(uvicorn.Config(
-        app.create_app(campaign, token, security.allowed_hosts("127.0.0.1", port)),
-        host="127.0.0.1", port=port, log_level="warning"))
-    server.config.app.state.server = server
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    poll(lambda: server.started, 10, "the server starts")
-    with httpx.Client(timeout=30) as client, client.stream(
-            "GET", f"http://127.0.0.1:{port}/events?token={token}",
-            follow_redirects=True) as stream:
+    with serve(campaign) as served, httpx.Client(timeout=30) as client, client.stream(
+            "GET", served.gui.url("/events"), follow_redirects=True) as stream:
         lines = stream.iter_lines()
         assert next(lines).startswith("retry:")
         started = time.monotonic()
-        server.should_exit = True
-        thread.join(10)
-        assert not thread.is_alive() and time.monotonic() - started < 3
+        served.stop()
+        assert not served.thread.is_alive() and time.monotonic() - started < 3
 
 
 def test_the_stream_sends_what_changed_and_a_reconnection_catches_up(

@@ -4,13 +4,12 @@ executions table, the changes made between a page and its event stream)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,13 @@ import pytest
 from git_expegit import campaign as campaigns
 from git_expegit import catalog
 from tests.conftest import expegit
+from tests.conftest import until
 from tests.web_support import Gui
 from tests.web_support import chromium  # noqa: F401  (a fixture)
 from tests.web_support import free_port
 from tests.web_support import gui  # noqa: F401  (a fixture)
 from tests.web_support import page  # noqa: F401  (a fixture)
+from tests.web_support import serve
 
 
 @pytest.fixture(autouse=True)
@@ -33,11 +34,7 @@ def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXPEGIT_AGENT", "off")
 
 
-def _poll(condition: Callable[[], object], what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.05)
+_poll = functools.partial(until, timeout=30)
 
 
 def _listing(root: Path) -> list[catalog.Execution]:
@@ -64,23 +61,8 @@ def test_the_token_redirect_keeps_the_address_and_never_leaves_the_server(
 def wildcard(campaign: Path) -> Iterator[tuple[int, str]]:
     """The app as `gui --host 0.0.0.0` makes it, served on loopback only (the requests
     below name other hosts in their Host header; they all go to 127.0.0.1)."""
-    import uvicorn
-
-    from git_expegit.web import app
-    from git_expegit.web import security
-
-    port = free_port()
-    token = security.new_token()
-    server = uvicorn.Server(uvicorn.Config(
-        app.create_app(campaign, token, security.allowed_hosts("0.0.0.0", port)),
-        host="127.0.0.1", port=port, log_level="warning"))
-    server.config.app.state.server = server
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _poll(lambda: server.started, "the server starts", 10)
-    yield port, token
-    server.should_exit = True
-    thread.join(10)
+    with serve(campaign, "0.0.0.0") as served:
+        yield served.port, served.gui.token
 
 
 def test_a_wildcard_bind_accepts_the_machines_names_and_addresses_not_other_names(

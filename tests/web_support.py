@@ -7,16 +7,18 @@ driven by Playwright (Debian's /usr/bin/chromium: Playwright cannot download one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import until
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -41,9 +43,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def gui(campaign: Path) -> Iterator[Gui]:
-    """`git expegit gui`'s app for `campaign`, served by uvicorn in a thread."""
+@dataclasses.dataclass
+class Served:
+    gui: Gui
+    port: int
+    server: Any  # uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@contextlib.contextmanager
+def serve(campaign: Path, bound: str = "127.0.0.1") -> Iterator[Served]:
+    """`git expegit gui`'s app for `campaign`, as `gui --host BOUND` makes it, served by
+    uvicorn in a thread on loopback."""
     import uvicorn
 
     from git_expegit.web import app
@@ -51,19 +66,24 @@ def gui(campaign: Path) -> Iterator[Gui]:
 
     port = free_port()
     token = security.new_token()
-    server = uvicorn.Server(uvicorn.Config(
-        app.create_app(campaign, token, security.allowed_hosts("127.0.0.1", port)),
-        host="127.0.0.1", port=port, log_level="warning"))
-    server.config.app.state.server = server  # live streams end when it stops (web/live.py)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield Gui(f"http://127.0.0.1:{port}", token)
-    server.should_exit = True
-    thread.join(10)
+    application = app.create_app(campaign, token, security.allowed_hosts(bound, port))
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    application.state.server = server  # live streams end when it stops (web/live.py)
+    served = Served(Gui(f"http://127.0.0.1:{port}", token), port, server,
+                    threading.Thread(target=server.run, daemon=True))
+    served.thread.start()
+    try:
+        until(lambda: server.started, "the server to start", 10, every=0.02)
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture
+def gui(campaign: Path) -> Iterator[Gui]:
+    with serve(campaign) as served:
+        yield served.gui
 
 
 @pytest.fixture
